@@ -1,0 +1,369 @@
+"""Alpaca market-data wire messages as msgspec structs, and the one decode path for frames.
+
+A frame is a JSON array of messages (`T` tags the type). Each stream type has its own tagged
+union, because the same tag means different shapes per stream (a crypto trade has float sizes and a
+taker side; an option trade has a single condition string). Decoding a whole frame into structs is
+the fast path; only a frame that fails it is split into messages, so one bad message is quarantined
+with its reason while the rest of the frame goes on.
+
+Timestamps stay RFC 3339 strings here: the columnar stages parse them in bulk with nanosecond
+precision (`storage.schemas.parse_timestamps`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Final
+
+import msgspec
+
+from ingest.config import StreamName
+
+__all__ = [
+    "CONTROL_TYPES",
+    "AnyMessage",
+    "CancelError",
+    "ControlMessage",
+    "Correction",
+    "CryptoQuote",
+    "CryptoTrade",
+    "DailyBar",
+    "DecodedFrame",
+    "Error",
+    "FrameDecoder",
+    "Imbalance",
+    "Luld",
+    "MinuteBar",
+    "NewsArticle",
+    "OptionQuote",
+    "OptionTrade",
+    "Orderbook",
+    "OrderbookLevel",
+    "Reject",
+    "StockQuote",
+    "StockTrade",
+    "Subscription",
+    "Success",
+    "TradingStatus",
+    "UpdatedBar",
+]
+
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Symbol = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _Message(msgspec.Struct, tag_field="T", kw_only=True):
+    """Fields every message carries once the daemon has it: when it was received."""
+
+    recv_ns: int = 0
+    """Set by the receiving source, never read from the wire."""
+
+
+class _Market(_Message, kw_only=True):
+    S: Symbol
+    t: str
+
+
+# --- stocks ------------------------------------------------------------------------------------
+
+
+class StockTrade(_Market, tag="t", kw_only=True):
+    """A stock trade."""
+
+    i: int
+    x: str
+    p: NonNegative
+    s: NonNegative
+    c: list[str] = []
+    z: str = ""
+
+
+class StockQuote(_Market, tag="q", kw_only=True):
+    """A stock NBBO quote."""
+
+    bx: str = ""
+    bp: NonNegative
+    bs: NonNegative
+    ax: str = ""
+    ap: NonNegative
+    as_: NonNegative = msgspec.field(name="as")
+    c: list[str] = []
+    z: str = ""
+
+
+class MinuteBar(_Market, tag="b", kw_only=True):
+    """A bar Alpaca computed (minute bar); `UpdatedBar` and `DailyBar` share the shape."""
+
+    o: NonNegative
+    h: NonNegative
+    l: NonNegative  # noqa: E741 -- Alpaca's wire name
+    c: NonNegative
+    v: NonNegative
+    n: int = 0
+    vw: NonNegative = 0.0
+
+
+class UpdatedBar(MinuteBar, tag="u", kw_only=True):
+    """A minute bar restated after a late trade."""
+
+
+class DailyBar(MinuteBar, tag="d", kw_only=True):
+    """A daily bar (stamped at midnight New York time)."""
+
+
+class TradingStatus(_Market, tag="s", kw_only=True):
+    """A trading status change (halt, resumption)."""
+
+    sc: str
+    sm: str = ""
+    rc: str = ""
+    rm: str = ""
+    z: str = ""
+
+
+class Luld(_Market, tag="l", kw_only=True):
+    """Limit up / limit down price bands."""
+
+    u: NonNegative
+    d: NonNegative
+    i: str = ""
+    z: str = ""
+
+
+class Correction(_Market, tag="c", kw_only=True):
+    """A trade correction: the original and the corrected trade."""
+
+    x: str
+    oi: int
+    op: NonNegative
+    os: NonNegative
+    oc: list[str] = []
+    ci: int
+    cp: NonNegative
+    cs: NonNegative
+    cc: list[str] = []
+    z: str = ""
+
+
+class CancelError(_Market, tag="x", kw_only=True):
+    """A trade cancel (`a` = C) or error (`a` = E)."""
+
+    i: int
+    x: str
+    p: NonNegative
+    s: NonNegative
+    a: str
+    z: str = ""
+
+
+class Imbalance(_Market, tag="i", kw_only=True):
+    """An order imbalance (auction) message."""
+
+    p: NonNegative
+    z: str = ""
+
+
+# --- crypto ------------------------------------------------------------------------------------
+
+
+class CryptoTrade(_Market, tag="t", kw_only=True):
+    """A crypto trade; `tks` is the taker side (B/S)."""
+
+    i: int
+    p: NonNegative
+    s: NonNegative
+    tks: str = ""
+
+
+class CryptoQuote(_Market, tag="q", kw_only=True):
+    """A crypto best bid/offer."""
+
+    bp: NonNegative
+    bs: NonNegative
+    ap: NonNegative
+    as_: NonNegative = msgspec.field(name="as")
+
+
+class OrderbookLevel(msgspec.Struct, frozen=True):
+    """One price level; size 0 removes the level."""
+
+    p: NonNegative
+    s: NonNegative
+
+
+class Orderbook(_Market, tag="o", kw_only=True):
+    """An order book update, or a full snapshot when `r` is true."""
+
+    b: list[OrderbookLevel] = []
+    a: list[OrderbookLevel] = []
+    r: bool = False
+
+
+# --- options -----------------------------------------------------------------------------------
+
+
+class OptionTrade(_Market, tag="t", kw_only=True):
+    """An option trade; `c` is a single condition string."""
+
+    p: NonNegative
+    s: NonNegative
+    x: str = ""
+    c: str = ""
+
+
+class OptionQuote(_Market, tag="q", kw_only=True):
+    """An option quote."""
+
+    bx: str = ""
+    bp: NonNegative
+    bs: NonNegative
+    ax: str = ""
+    ap: NonNegative
+    as_: NonNegative = msgspec.field(name="as")
+    c: str = ""
+
+
+# --- news --------------------------------------------------------------------------------------
+
+
+class NewsArticle(_Message, tag="n", kw_only=True):
+    """A news article; routed by its `symbols`."""
+
+    id: int
+    headline: str = ""
+    summary: str = ""
+    author: str = ""
+    created_at: str
+    updated_at: str
+    url: str = ""
+    content: str = ""
+    symbols: list[str] = []
+    source: str = ""
+
+
+# --- control -----------------------------------------------------------------------------------
+
+
+class Success(_Message, tag="success", kw_only=True):
+    """`connected` or `authenticated`."""
+
+    msg: str
+
+
+class Error(_Message, tag="error", kw_only=True):
+    """An error with Alpaca's numeric code."""
+
+    code: int
+    msg: str = ""
+
+
+class Subscription(_Message, tag="subscription", kw_only=True):
+    """The complete current subscription, sent after every change."""
+
+    trades: list[str] = []
+    quotes: list[str] = []
+    bars: list[str] = []
+    updatedBars: list[str] = []  # noqa: N815 -- Alpaca's wire name
+    dailyBars: list[str] = []  # noqa: N815
+    statuses: list[str] = []
+    lulds: list[str] = []
+    corrections: list[str] = []
+    cancelErrors: list[str] = []  # noqa: N815
+    orderbooks: list[str] = []
+    news: list[str] = []
+
+
+ControlMessage = Success | Error | Subscription
+CONTROL_TYPES: Final = (Success, Error, Subscription)
+
+StockMessage = (
+    StockTrade
+    | StockQuote
+    | MinuteBar
+    | UpdatedBar
+    | DailyBar
+    | TradingStatus
+    | Luld
+    | Correction
+    | CancelError
+    | Imbalance
+)
+CryptoMessage = CryptoTrade | CryptoQuote | MinuteBar | UpdatedBar | DailyBar | Orderbook
+OptionMessage = OptionTrade | OptionQuote
+AnyMessage = StockMessage | CryptoMessage | OptionMessage | NewsArticle | ControlMessage
+
+_UNIONS: Final[dict[StreamName, object]] = {
+    "stocks": StockMessage | ControlMessage,
+    "crypto": CryptoMessage | ControlMessage,
+    "options": OptionMessage | ControlMessage,
+    "news": NewsArticle | ControlMessage,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A message (or a whole frame) the decoder refused, kept for quarantine."""
+
+    raw: bytes
+    reason: str
+    """A short, stable reason class: `malformed_frame`, `unknown_type`, `invalid_message`."""
+    detail: str
+
+
+@dataclass(slots=True)
+class DecodedFrame:
+    """The messages of one frame that decoded, and the ones that did not."""
+
+    messages: list[AnyMessage] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+
+class FrameDecoder:
+    """Decodes one stream type's JSON frames; whole frame first, message by message on failure."""
+
+    def __init__(self, stream: StreamName) -> None:
+        union = _UNIONS[stream]
+        self.stream = stream
+        self._frame = msgspec.json.Decoder(list[union])  # type: ignore[valid-type]
+        self._one = msgspec.json.Decoder(union)
+        self._raw = msgspec.json.Decoder(list[msgspec.Raw])
+        self._probe = msgspec.json.Decoder(dict[str, object])
+
+    def decode(self, frame: bytes, recv_ns: int) -> DecodedFrame:
+        """Decode a frame and stamp every message with `recv_ns`."""
+        try:
+            messages: list[AnyMessage] = self._frame.decode(frame)
+        except msgspec.DecodeError:
+            return self._decode_each(frame, recv_ns)
+        for message in messages:
+            message.recv_ns = recv_ns
+        return DecodedFrame(messages)
+
+    def _decode_each(self, frame: bytes, recv_ns: int) -> DecodedFrame:
+        out = DecodedFrame()
+        try:
+            parts = self._raw.decode(frame)
+        except msgspec.DecodeError as exc:
+            out.rejects.append(Reject(bytes(frame), "malformed_frame", str(exc)))
+            return out
+        for part in parts:
+            raw = bytes(part)
+            try:
+                message: AnyMessage = self._one.decode(raw)
+            except msgspec.DecodeError as exc:
+                out.rejects.append(Reject(raw, self._reason(raw, exc), str(exc)))
+                continue
+            message.recv_ns = recv_ns
+            out.messages.append(message)
+        return out
+
+    def _reason(self, raw: bytes, exc: msgspec.DecodeError) -> str:
+        if "missing required field `T`" in str(exc):
+            return "missing_type"
+        if "`$.T`" in str(exc):
+            try:
+                tag = self._probe.decode(raw).get("T")
+            except msgspec.DecodeError:
+                return "invalid_message"
+            return "missing_type" if tag is None else "unknown_type"
+        return "invalid_message"
