@@ -308,7 +308,9 @@ def parse_streams(key: str, value: object) -> tuple[StreamName, ...]:
     names = value.split(",") if isinstance(value, str) else value
     if not isinstance(names, list) or not names:
         raise _fail(key, value, "a non-empty subset of " + ",".join(STREAMS))
-    chosen = {_choice(key, name.strip() if isinstance(name, str) else name, STREAMS) for name in names}
+    chosen = {
+        _choice(key, name.strip() if isinstance(name, str) else name, STREAMS) for name in names
+    }
     return tuple(name for name in STREAMS if name in chosen)
 
 
@@ -364,7 +366,9 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str, object], str]:
     def parse(key: str, value: object) -> str:
         text = _str(key, value)
         if not text.startswith(tuple(f"{s}://" for s in schemes)):
-            raise _fail(key, value, "a URL starting with " + " or ".join(f"{s}://" for s in schemes))
+            raise _fail(
+                key, value, "a URL starting with " + " or ".join(f"{s}://" for s in schemes)
+            )
         return text.rstrip("/")
 
     return parse
@@ -481,9 +485,7 @@ def _storage(raw: _Section) -> StorageSettings:
                 d.compression,
             ),
         ),
-        fsync=cast(
-            FsyncPolicy, raw.take("fsync", _choice_of(get_args(FsyncPolicy)), d.fsync)
-        ),
+        fsync=cast(FsyncPolicy, raw.take("fsync", _choice_of(get_args(FsyncPolicy)), d.fsync)),
         fsync_interval_ms=raw.take(
             "fsync_interval_ms", lambda k, v: _int(k, v, 1), d.fsync_interval_ms
         ),

@@ -1,12 +1,12 @@
 """The daemon's exception tree: one base to catch, subclasses to decide on.
 
-    IngestError
-    ├── ConfigError          bad configuration or command line (exit 2)
-    ├── CredentialsError     credentials missing or rejected (exit 3)
-    ├── FeedError            a market-data source failed
-    │   ├── FeedConnectError     transient: retry with backoff
-    │   └── FeedProtocolError    the peer said something we cannot go on with
-    └── StorageError         the dataset cannot be written
+IngestError
+├── ConfigError          bad configuration or command line (exit 2)
+├── CredentialsError     credentials missing or rejected (exit 3)
+├── FeedError            a market-data source failed
+│   ├── FeedConnectError     transient: retry with backoff
+│   └── FeedProtocolError    the peer said something we cannot go on with
+└── StorageError         the dataset cannot be written
 """
 
 from __future__ import annotations

@@ -106,8 +106,12 @@ QUOTES: Final = _schema(
         ("tape", pa.string()),
     ]
 )
-OPTION_TRADES: Final = _schema([*list(zip(TRADES.names[2:-1], TRADES.types[2:-1], strict=True)), *_OCC_FIELDS])
-OPTION_QUOTES: Final = _schema([*list(zip(QUOTES.names[2:-1], QUOTES.types[2:-1], strict=True)), *_OCC_FIELDS])
+OPTION_TRADES: Final = _schema(
+    [*list(zip(TRADES.names[2:-1], TRADES.types[2:-1], strict=True)), *_OCC_FIELDS]
+)
+OPTION_QUOTES: Final = _schema(
+    [*list(zip(QUOTES.names[2:-1], QUOTES.types[2:-1], strict=True)), *_OCC_FIELDS]
+)
 VENDOR_BARS: Final = _schema(
     [
         ("bar_kind", pa.string()),
@@ -453,7 +457,9 @@ def _rows(schema: pa.Schema) -> Converter:
     """Rows given as dicts (pipeline output: bars and anomalies are rare, per bar or per flag)."""
 
     def convert(rows: Sequence[dict[str, Any]]) -> pa.Table:
-        table = pa.Table.from_pylist(list(rows), schema=schema.set(0, pa.field("symbol", pa.string())))
+        table = pa.Table.from_pylist(
+            list(rows), schema=schema.set(0, pa.field("symbol", pa.string()))
+        )
         return table.cast(schema)
 
     return convert

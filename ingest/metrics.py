@@ -1,0 +1,220 @@
+"""Process metrics: counters, gauges and histograms rendered as Prometheus text.
+
+Deliberately tiny (no client library): the daemon updates plain dicts on its hot paths, and
+`/metrics` renders them on demand. Label values are given positionally, in the order declared.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = ["Counter", "Gauge", "Histogram", "Metrics"]
+
+Labels = tuple[str, ...]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: Labels, values: Labels, extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+@dataclass(slots=True)
+class Counter:
+    """A monotonically increasing count per label set."""
+
+    name: str
+    help: str
+    label_names: Labels = ()
+    values: dict[Labels, float] = field(default_factory=dict)
+
+    def inc(self, *labels: str, amount: float = 1.0) -> None:
+        """Add `amount` for this label set."""
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    def get(self, *labels: str) -> float:
+        """The current value for this label set (0 if never touched)."""
+        return self.values.get(labels, 0.0)
+
+    def render(self) -> list[str]:
+        """Prometheus exposition lines."""
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        lines += [
+            f"{self.name}{_labels(self.label_names, k)} {_number(v)}"
+            for k, v in sorted(self.values.items())
+        ]
+        return lines
+
+
+@dataclass(slots=True)
+class Gauge:
+    """A value that goes up and down per label set."""
+
+    name: str
+    help: str
+    label_names: Labels = ()
+    values: dict[Labels, float] = field(default_factory=dict)
+
+    def set(self, value: float, *labels: str) -> None:
+        """Set the value for this label set."""
+        self.values[labels] = value
+
+    def get(self, *labels: str) -> float:
+        """The current value for this label set (0 if never set)."""
+        return self.values.get(labels, 0.0)
+
+    def render(self) -> list[str]:
+        """Prometheus exposition lines."""
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
+        lines += [
+            f"{self.name}{_labels(self.label_names, k)} {_number(v)}"
+            for k, v in sorted(self.values.items())
+        ]
+        return lines
+
+
+LATENCY_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Cumulative-bucket histogram per label set (seconds by default)."""
+
+    name: str
+    help: str
+    label_names: Labels = ()
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+    counts: dict[Labels, list[int]] = field(default_factory=dict)
+    sums: dict[Labels, float] = field(default_factory=dict)
+
+    def observe(self, value: float, *labels: str, count: int = 1) -> None:
+        """Record `count` observations of `value`."""
+        slots = self.counts.get(labels)
+        if slots is None:
+            slots = self.counts[labels] = [0] * (len(self.buckets) + 1)
+            self.sums[labels] = 0.0
+        slots[bisect.bisect_left(self.buckets, value)] += count
+        self.sums[labels] += value * count
+
+    def render(self) -> list[str]:
+        """Prometheus exposition lines."""
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for key, slots in sorted(self.counts.items()):
+            running = 0
+            for bound, n in zip((*self.buckets, math.inf), slots, strict=True):
+                running += n
+                le = f'le="{_number(bound)}"'
+                lines.append(f"{self.name}_bucket{_labels(self.label_names, key, le)} {running}")
+            lines.append(f"{self.name}_sum{_labels(self.label_names, key)} {self.sums[key]!r}")
+            lines.append(f"{self.name}_count{_labels(self.label_names, key)} {running}")
+        return lines
+
+
+@dataclass(slots=True)
+class Metrics:
+    """Every metric the daemon exports."""
+
+    messages: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_messages_total", "Data messages received.", ("stream", "table")
+        )
+    )
+    rows: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_rows_written_total", "Rows sealed into Parquet.", ("stream", "table")
+        )
+    )
+    quarantined: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_quarantined_total", "Messages quarantined, by reason.", ("stream", "reason")
+        )
+    )
+    symbol_failures: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_symbol_failures_total",
+            "Exceptions in a symbol's pipeline (state rebuilt).",
+            ("stream",),
+        )
+    )
+    dropped: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_dropped_total", "Batches dropped by the drop backpressure policy.", ("stream",)
+        )
+    )
+    reconnects: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_reconnects_total", "Reconnects of a stream's connection.", ("stream",)
+        )
+    )
+    storage_errors: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_storage_errors_total", "Failed Parquet seals (retried).", ("stream", "table")
+        )
+    )
+    queue_depth: Gauge = field(
+        default_factory=lambda: Gauge(
+            "ingest_queue_depth", "Batches waiting in a stream's symbol queues.", ("stream",)
+        )
+    )
+    connected: Gauge = field(
+        default_factory=lambda: Gauge(
+            "ingest_stream_connected", "1 when the stream's source is connected.", ("stream",)
+        )
+    )
+    latency: Histogram = field(
+        default_factory=lambda: Histogram(
+            "ingest_latency_seconds",
+            "Exchange timestamp to pipeline output, per stream.",
+            ("stream",),
+        )
+    )
+
+    def render(self) -> str:
+        """All metrics in Prometheus text exposition format."""
+        lines: list[str] = []
+        for metric in (
+            self.messages,
+            self.rows,
+            self.quarantined,
+            self.symbol_failures,
+            self.dropped,
+            self.reconnects,
+            self.storage_errors,
+            self.queue_depth,
+            self.connected,
+            self.latency,
+        ):
+            lines += metric.render()
+        return "\n".join(lines) + "\n"
