@@ -1,8 +1,8 @@
 """Typed settings loaded from `config.toml`, validated once at the boundary.
 
-Every key is optional. Anything wrong -- an unknown key, a wrong type, an empty symbol list for an
-enabled stream, a bad duration, an unknown bar type -- raises `ConfigError` with a message that names
-the key, the bad value and what is allowed. Inside the daemon the settings are trusted.
+Every key is optional. Anything wrong -- an unknown key, a wrong type, an empty symbol list for
+an enabled stream, a bad duration, an unknown bar type -- raises `ConfigError` with a message that
+names the key, the bad value and what is allowed. Inside the daemon the settings are trusted.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import dataclasses
 import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
 
 from ingest.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 __all__ = [
     "STREAMS",
@@ -255,7 +257,7 @@ def _float(key: str, value: object, minimum: float = 0.0) -> float:
 def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise _fail(key, value, "one of " + ", ".join(repr(c) for c in choices))
-    return cast(str, value)
+    return value
 
 
 def _str_list(key: str, value: object) -> tuple[str, ...]:
@@ -299,7 +301,7 @@ def parse_bar_spec(key: str, value: object) -> BarSpec:
             number = -1.0
         if not math.isfinite(number) or number <= 0 or (kind == "tick" and number != int(number)):
             raise _fail(key, value, allowed)
-        return BarSpec(cast(BarKind, kind), number, size)
+        return BarSpec(cast("BarKind", kind), number, size)
     raise _fail(key, value, allowed)
 
 
@@ -340,7 +342,8 @@ class _Section:
     def finish(self, allowed: tuple[str, ...] = ()) -> None:
         for key in self._raw:
             known = ", ".join(allowed) if allowed else "none"
-            raise ConfigError(f"config key {self.key(key)!r} is unknown; known keys here: {known}")
+            msg = f"config key {self.key(key)!r} is unknown; known keys here: {known}"
+            raise ConfigError(msg)
 
 
 def _known(cls: type) -> tuple[str, ...]:
@@ -351,14 +354,14 @@ def _ingest(raw: _Section) -> IngestSettings:
     d = IngestSettings()
     settings = IngestSettings(
         data_dir=Path(raw.take("data_dir", _str, str(d.data_dir))),
-        source=cast(SourceName, raw.take("source", _choice_of(get_args(SourceName)), d.source)),
+        source=raw.take("source", _choice_of(get_args(SourceName)), d.source),
         streams=raw.take("streams", parse_streams, d.streams),
     )
     raw.finish(("data_dir", "source", "streams"))
     return settings
 
 
-def _choice_of(choices: tuple[str, ...]) -> Callable[[str, object], str]:
+def _choice_of(choices: tuple[str, ...]) -> Callable[[str, object], Any]:
     return lambda key, value: _choice(key, value, choices)
 
 
@@ -380,10 +383,7 @@ def _alpaca(raw: _Section) -> AlpacaSettings:
         feed=raw.take(
             "feed", _choice_of(("iex", "sip", "delayed_sip", "boats", "overnight", "test")), d.feed
         ),
-        options_feed=cast(
-            Literal["indicative", "opra"],
-            raw.take("options_feed", _choice_of(("indicative", "opra")), d.options_feed),
-        ),
+        options_feed=raw.take("options_feed", _choice_of(("indicative", "opra")), d.options_feed),
         crypto_location=raw.take(
             "crypto_location", _choice_of(("us", "us-1", "eu-1")), d.crypto_location
         ),
@@ -436,9 +436,7 @@ def _anomaly(key: str, value: object) -> AnomalySettings:
     settings = AnomalySettings(
         window=raw.take("window", lambda k, v: _int(k, v, 4), d.window),
         threshold=raw.take("threshold", _float, d.threshold),
-        method=cast(
-            Literal["zscore", "iqr"], raw.take("method", _choice_of(("zscore", "iqr")), d.method)
-        ),
+        method=raw.take("method", _choice_of(("zscore", "iqr")), d.method),
     )
     raw.finish(_known(AnomalySettings))
     return settings
@@ -477,22 +475,18 @@ def _storage(raw: _Section) -> StorageSettings:
     settings = StorageSettings(
         roll_rows=raw.take("roll_rows", lambda k, v: _int(k, v, 1), d.roll_rows),
         roll_seconds=raw.take("roll_seconds", parse_duration, d.roll_seconds),
-        compression=cast(
-            Any,
-            raw.take(
-                "compression",
-                _choice_of(("zstd", "snappy", "gzip", "lz4", "none")),
-                d.compression,
-            ),
+        compression=raw.take(
+            "compression",
+            _choice_of(("zstd", "snappy", "gzip", "lz4", "none")),
+            d.compression,
         ),
-        fsync=cast(FsyncPolicy, raw.take("fsync", _choice_of(get_args(FsyncPolicy)), d.fsync)),
+        fsync=raw.take("fsync", _choice_of(get_args(FsyncPolicy)), d.fsync),
         fsync_interval_ms=raw.take(
             "fsync_interval_ms", lambda k, v: _int(k, v, 1), d.fsync_interval_ms
         ),
         queue_size=raw.take("queue_size", lambda k, v: _int(k, v, 1), d.queue_size),
-        backpressure=cast(
-            BackpressurePolicy,
-            raw.take("backpressure", _choice_of(get_args(BackpressurePolicy)), d.backpressure),
+        backpressure=raw.take(
+            "backpressure", _choice_of(get_args(BackpressurePolicy)), d.backpressure
         ),
     )
     raw.finish(_known(StorageSettings))
@@ -561,10 +555,11 @@ def settings_from_mapping(raw: Mapping[str, object]) -> Settings:
         sim=_sim(_Section("sim", top._raw.pop("sim", {}))),
     )
     for key in top._raw:
-        raise ConfigError(
+        msg = (
             f"config key {key!r} is unknown; known sections: "
             "ingest, alpaca, streams, pipeline, storage, server, sim"
         )
+        raise ConfigError(msg)
     check_streams(settings)
     return settings
 
@@ -576,15 +571,17 @@ def check_streams(settings: Settings) -> None:
         underlyings = stream.underlyings if isinstance(stream, OptionsSettings) else ()
         if not stream.symbols and not underlyings:
             what = "symbols or underlyings" if name == "options" else "symbols"
-            raise ConfigError(
+            msg = (
                 f"config key 'streams.{name}.symbols': [] is invalid; "
                 f"the enabled stream {name!r} needs {what}"
             )
+            raise ConfigError(msg)
         if not stream.channels:
-            raise ConfigError(
+            msg = (
                 f"config key 'streams.{name}.channels': [] is invalid; "
                 f"the enabled stream {name!r} needs at least one of {', '.join(CHANNELS[name])}"
             )
+            raise ConfigError(msg)
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -594,9 +591,11 @@ def load_settings(path: Path | None) -> Settings:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
+        msg = f"config file {str(path)!r} cannot be read: {exc.strerror}"
+        raise ConfigError(msg) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        msg = f"config file {str(path)!r} is not valid TOML: {exc}"
+        raise ConfigError(msg) from None
     return settings_from_mapping(raw)

@@ -1,0 +1,1 @@
+"""Storage: schemas, the Parquet writer, quarantine (pyarrow lives here)."""

@@ -12,11 +12,9 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
 import pyarrow as pa
@@ -24,9 +22,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import structlog
 
-from ingest.config import StorageSettings, StreamName
 from ingest.errors import StorageError
 from storage.schemas import SYMBOL, TableSpec, table_spec
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+    from pathlib import Path
+
+    from ingest.config import StorageSettings, StreamName
 
 __all__ = ["Dataset", "TableWriter", "WriterStats", "make_writer_id", "open_dataset"]
 
@@ -75,7 +78,7 @@ def write_parquet_atomically(
         pq.write_table(
             table,
             temporary,
-            compression=None if compression == "none" else compression,
+            compression=cast("Any", None if compression == "none" else compression),
             use_dictionary=True,
             write_statistics=True,
             row_group_size=1_000_000,
@@ -112,10 +115,21 @@ def prepare(table: pa.Table, spec: TableSpec) -> pa.Table:
 def split_by_date(table: pa.Table, time_column: str) -> list[tuple[str, pa.Table]]:
     """(`YYYY-MM-DD`, rows of that UTC date) for every date present."""
     days = pc.divide(table[time_column].cast(pa.int64()), _DAY_NS)
-    unique = pc.unique(days).to_pylist()
+    unique = sorted(int(day) for day in pc.unique(days).to_pylist() if day is not None)
     if len(unique) == 1:
         return [(_date(unique[0]), table)]
-    return [(_date(day), table.filter(pc.equal(days, day))) for day in sorted(unique)]
+    return [(_date(day), table.filter(pc.equal(days, pa.scalar(day)))) for day in unique]
+
+
+def _check_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"data directory {str(root)!r} cannot be created: {exc.strerror or exc}"
+        raise StorageError(msg) from exc
+    if not os.access(root, os.W_OK):
+        msg = f"data directory {str(root)!r} is not writable"
+        raise StorageError(msg)
 
 
 def _date(day: int) -> str:
@@ -254,14 +268,7 @@ async def open_dataset(
     indicator_columns: Sequence[str],
 ) -> AsyncIterator[Dataset]:
     """A dataset whose writers all seal their buffers when the block exits, however it exits."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        msg = f"data directory {str(root)!r} cannot be created: {exc.strerror or exc}"
-        raise StorageError(msg) from exc
-    if not os.access(root, os.W_OK):
-        msg = f"data directory {str(root)!r} is not writable"
-        raise StorageError(msg)
+    await anyio.to_thread.run_sync(_check_writable, root)
     async with anyio.create_task_group() as group:
         dataset = Dataset(root, settings, writer_id, metadata, indicator_columns, group)
         try:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
 
-from ingest.config import StreamName
 from streams import messages as m
 from streams.occ import parse_occ
+
+if TYPE_CHECKING:
+    from ingest.config import StreamName
 
 __all__ = [
     "TIMESTAMP",
@@ -47,12 +49,12 @@ class TableSpec:
     sort_by: tuple[str, ...] = ("symbol", "ts")
 
 
-def parse_timestamps(values: Sequence[str]) -> pa.Array:
+def parse_timestamps(values: Sequence[str]) -> pa.Array[Any]:
     """RFC 3339 strings (any number of fractional digits) to `timestamp[ns, UTC]`, in bulk."""
     return pa.array(values, pa.string()).cast(TIMESTAMP)
 
 
-def _recv(records: Sequence[Any]) -> pa.Array:
+def _recv(records: Sequence[Any]) -> pa.Array[Any]:
     return pa.array([r.recv_ns for r in records], TIMESTAMP)
 
 
@@ -64,13 +66,13 @@ def _build(schema: pa.Schema, columns: dict[str, Any]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _symbols(records: Sequence[Any]) -> pa.Array:
+def _symbols(records: Sequence[Any]) -> pa.Array[Any]:
     return pa.array([r.S for r in records], pa.string()).dictionary_encode()
 
 
 # --- schemas -----------------------------------------------------------------------------------
 
-_OCC_FIELDS: Final = [
+_OCC_FIELDS: Final[list[tuple[str, pa.DataType]]] = [
     ("underlying", pa.string()),
     ("expiration", pa.date32()),
     ("right", pa.string()),
@@ -106,11 +108,11 @@ QUOTES: Final = _schema(
         ("tape", pa.string()),
     ]
 )
-OPTION_TRADES: Final = _schema(
-    [*list(zip(TRADES.names[2:-1], TRADES.types[2:-1], strict=True)), *_OCC_FIELDS]
+OPTION_TRADES: Final = pa.schema(
+    [*TRADES][:-1] + [pa.field(n, t) for n, t in _OCC_FIELDS] + [TRADES.field("recv_ts")]
 )
-OPTION_QUOTES: Final = _schema(
-    [*list(zip(QUOTES.names[2:-1], QUOTES.types[2:-1], strict=True)), *_OCC_FIELDS]
+OPTION_QUOTES: Final = pa.schema(
+    [*QUOTES][:-1] + [pa.field(n, t) for n, t in _OCC_FIELDS] + [QUOTES.field("recv_ts")]
 )
 VENDOR_BARS: Final = _schema(
     [
@@ -176,21 +178,22 @@ ANOMALIES: Final = _schema(
         ("threshold", pa.float64()),
     ]
 )
-ARTICLES: Final = pa.schema(
-    [
-        ("id", pa.int64()),
-        ("headline", pa.string()),
-        ("summary", pa.string()),
-        ("author", pa.string()),
-        ("source", pa.string()),
-        ("url", pa.string()),
-        ("symbols", STRINGS),
-        ("created_at", TIMESTAMP),
-        ("updated_at", TIMESTAMP),
-        ("content", pa.string()),
-        ("recv_ts", TIMESTAMP),
-    ]
-)
+_ARTICLE_FIELDS: Final[
+    list[tuple[str, pa.DataType]]
+] = [  # no symbol column: an article names several symbols
+    ("id", pa.int64()),
+    ("headline", pa.string()),
+    ("summary", pa.string()),
+    ("author", pa.string()),
+    ("source", pa.string()),
+    ("url", pa.string()),
+    ("symbols", STRINGS),
+    ("created_at", TIMESTAMP),
+    ("updated_at", TIMESTAMP),
+    ("content", pa.string()),
+    ("recv_ts", TIMESTAMP),
+]
+ARTICLES: Final = pa.schema(_ARTICLE_FIELDS)
 
 
 # --- converters --------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Sources and wire protocols: sim, replay, Alpaca; OCC symbols."""

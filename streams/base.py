@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from anyio.abc import TaskStatus
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
 
-from ingest.config import StreamName
-from streams.messages import AnyMessage, Reject
+    from ingest.config import StreamName
+    from streams.messages import AnyMessage, Reject
 
 __all__ = ["Frame", "FrameSink", "Source"]
 

@@ -13,11 +13,12 @@ precision (`storage.schemas.parse_timestamps`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 import msgspec
 
-from ingest.config import StreamName
+if TYPE_CHECKING:
+    from ingest.config import StreamName
 
 __all__ = [
     "CONTROL_TYPES",
@@ -263,12 +264,12 @@ class Subscription(_Message, tag="subscription", kw_only=True):
     trades: list[str] = []
     quotes: list[str] = []
     bars: list[str] = []
-    updatedBars: list[str] = []  # noqa: N815 -- Alpaca's wire name
-    dailyBars: list[str] = []  # noqa: N815
+    updatedBars: list[str] = []
+    dailyBars: list[str] = []
     statuses: list[str] = []
     lulds: list[str] = []
     corrections: list[str] = []
-    cancelErrors: list[str] = []  # noqa: N815
+    cancelErrors: list[str] = []
     orderbooks: list[str] = []
     news: list[str] = []
 

@@ -1,4 +1,4 @@
-"""OCC option symbols: `<root><yymmdd><C|P><strike x 1000, 8 digits>`, e.g. `AAPL240315C00172500`."""
+"""OCC option symbols: `<root><yymmdd><C|P><strike x 1000, 8 digits>` (`AAPL240315C00172500`)."""
 
 from __future__ import annotations
 

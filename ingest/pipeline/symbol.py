@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
-
-from ingest.config import PipelineSettings
 from ingest.pipeline.bars import TimeBarBuilder
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from ingest.config import PipelineSettings
 
 __all__ = ["PipelineOutput", "SymbolPipeline", "indicator_columns"]
 

@@ -1,0 +1,230 @@
+"""The daemon: one root task group, one child group per stream type, one task per symbol.
+
+Shutdown has one path. A signal, `--duration` or the end of a replay sets `stop`; that cancels only
+the source (reading stops; a frame being handed over is finished under a shield). Each stream's
+router is then closed, its symbol tasks drain their queues and flush their open bars as partial,
+and finally every table writer seals its buffer. Nothing received is left unwritten.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import structlog
+
+from ingest import __version__
+from ingest.metrics import Metrics
+from ingest.pipeline import SymbolPipeline, indicator_columns
+from ingest.router import BarListener, PipelineFactory, StreamRouter
+from storage.parquet import SEAL_GRACE_SECONDS, Dataset, make_writer_id, open_dataset
+from storage.quarantine import Quarantine
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from anyio.abc import TaskStatus
+
+    from ingest.config import Settings, StreamName
+    from streams.base import FrameSink, Source
+
+__all__ = ["RunResult", "run_daemon"]
+
+log = structlog.get_logger("app")
+
+PROGRESS_SECONDS: Final = 30.0
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a run did, for the closing summary."""
+
+    data_dir: str
+    writer_id: str
+    rows: dict[tuple[StreamName, str], int] = field(default_factory=dict)
+    files: dict[tuple[StreamName, str], int] = field(default_factory=dict)
+    messages: dict[StreamName, int] = field(default_factory=dict)
+    quarantined: int = 0
+    symbol_failures: int = 0
+    seconds: float = 0.0
+
+
+async def run_daemon(
+    settings: Settings,
+    source: Source,
+    *,
+    stop: anyio.Event | None = None,
+    duration: float | None = None,
+    metrics: Metrics | None = None,
+    pipeline_factory: PipelineFactory = SymbolPipeline,
+    on_bar: BarListener | None = None,
+    on_ready: Callable[[], None] | None = None,
+    handle_signals: bool = False,
+    progress_seconds: float = PROGRESS_SECONDS,
+) -> RunResult:
+    """Run until `stop` is set, `duration` elapses, a signal arrives, or the source ends."""
+    stop = stop or anyio.Event()
+    metrics = metrics or Metrics()
+    streams = settings.ingest.streams
+    writer_id = make_writer_id(settings.ingest.shard)
+    started = time.monotonic()
+    metadata = {
+        "ingest.version": __version__,
+        "ingest.source": source.name,
+        "ingest.simulated": "true" if source.name == "sim" else "false",
+        "ingest.writer_id": writer_id,
+    }
+    root = settings.ingest.data_dir
+    quarantine = Quarantine(root, writer_id)
+    log.info("daemon_started", source=source.name, streams=list(streams), data_dir=str(root))
+    async with anyio.create_task_group() as root_group:
+        if handle_signals:
+            root_group.start_soon(_stop_on_signals, stop, root_group.cancel_scope)
+        if duration is not None:
+            root_group.start_soon(_stop_after, stop, duration)
+        async with open_dataset(
+            root,
+            settings.storage,
+            writer_id=writer_id,
+            metadata=metadata,
+            indicator_columns=indicator_columns(settings.pipeline),
+        ) as dataset:
+            routers = {
+                stream: StreamRouter(
+                    stream,
+                    settings,
+                    dataset,
+                    quarantine,
+                    metrics,
+                    pipeline_factory=pipeline_factory,
+                    on_bar=on_bar,
+                )
+                for stream in streams
+            }
+            async with anyio.create_task_group() as stream_groups:
+                for router in routers.values():
+                    await stream_groups.start(router.run)
+                stream_groups.start_soon(
+                    _report_progress, routers, dataset, metrics, stop, progress_seconds
+                )
+                sinks: Mapping[StreamName, FrameSink] = {s: r.deliver for s, r in routers.items()}
+                await _run_source(source, sinks, stop, on_ready)
+                log.info("source_stopped", source=source.name)
+                for router in routers.values():
+                    router.close()
+                stop.set()
+        root_group.cancel_scope.cancel()  # the timers and signal watcher have nothing left to do
+    result = _result(settings, writer_id, dataset, metrics, quarantine, time.monotonic() - started)
+    log.info(
+        "daemon_stopped",
+        seconds=round(result.seconds, 1),
+        rows=sum(result.rows.values()),
+        files=sum(result.files.values()),
+        quarantined=result.quarantined,
+        symbol_failures=result.symbol_failures,
+    )
+    return result
+
+
+async def _run_source(
+    source: Source,
+    sinks: Mapping[StreamName, FrameSink],
+    stop: anyio.Event,
+    on_ready: Callable[[], None] | None,
+) -> None:
+    """Run the source until it ends or `stop` is set, whichever comes first."""
+    async with anyio.create_task_group() as group:
+
+        async def cancel_on_stop() -> None:
+            await stop.wait()
+            group.cancel_scope.cancel()
+
+        async def read(*, task_status: TaskStatus[None]) -> None:
+            await source.run(sinks, task_status=task_status)
+            group.cancel_scope.cancel()  # input exhausted (replay): shut down
+
+        group.start_soon(cancel_on_stop)
+        await group.start(read)
+        log.info("streams_ready", streams=list(sinks))
+        if on_ready is not None:
+            on_ready()
+
+
+async def _stop_after(stop: anyio.Event, seconds: float) -> None:
+    await anyio.sleep(seconds)
+    log.info("duration_elapsed", seconds=seconds)
+    stop.set()
+
+
+async def _stop_on_signals(stop: anyio.Event, root: anyio.CancelScope) -> None:
+    """First SIGINT/SIGTERM: graceful stop. A second one, or a drain past the grace: hard stop."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if stop.is_set():
+                log.warning("second_signal_received", signal=signal.Signals(signum).name)
+                root.cancel()
+                return
+            log.info("signal_received", signal=signal.Signals(signum).name)
+            stop.set()
+            break
+        with anyio.move_on_after(2 * SEAL_GRACE_SECONDS):
+            async for signum in signals:
+                log.warning("second_signal_received", signal=signal.Signals(signum).name)
+                break
+        root.cancel()
+
+
+async def _report_progress(
+    routers: Mapping[StreamName, StreamRouter],
+    dataset: Dataset,
+    metrics: Metrics,
+    stop: anyio.Event,
+    every: float,
+) -> None:
+    """One structured line per stream every `every` seconds while running."""
+    last = {stream: 0.0 for stream in routers}
+    while not stop.is_set():
+        with anyio.move_on_after(every):
+            await stop.wait()
+        if stop.is_set():
+            return
+        for stream, router in routers.items():
+            total = sum(v for k, v in metrics.messages.values.items() if k[0] == stream)
+            depth = router.queue_depth()
+            metrics.queue_depth.set(depth, stream)
+            rows = sum(w.stats.rows for (s, _), w in dataset.writers.items() if s == stream)
+            log.info(
+                "stream_progress",
+                stream=stream,
+                msgs_per_s=round((total - last[stream]) / every, 1),
+                messages=int(total),
+                rows_written=rows,
+                symbols=len(router.symbols),
+                queue_depth=depth,
+                errors=int(metrics.symbol_failures.get(stream)),
+            )
+            last[stream] = total
+
+
+def _result(
+    settings: Settings,
+    writer_id: str,
+    dataset: Dataset,
+    metrics: Metrics,
+    quarantine: Quarantine,
+    seconds: float,
+) -> RunResult:
+    result = RunResult(str(settings.ingest.data_dir), writer_id, seconds=seconds)
+    for key, writer in sorted(dataset.writers.items()):
+        result.rows[key] = writer.stats.rows
+        result.files[key] = writer.stats.files
+        metrics.rows.inc(*key, amount=writer.stats.rows)
+    for (stream, _), count in metrics.messages.values.items():
+        name: StreamName = stream  # type: ignore[assignment]
+        result.messages[name] = result.messages.get(name, 0) + int(count)
+    result.quarantined = quarantine.count
+    result.symbol_failures = int(sum(metrics.symbol_failures.values.values()))
+    return result

@@ -1,0 +1,232 @@
+"""The `ingest` command line.
+
+Exit codes: 0 clean stop, 2 usage or configuration error, 3 credentials missing or rejected,
+1 anything else fatal. Expected errors print one `Type: message` line and no traceback; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from ingest import __version__
+from ingest.app import RunResult, run_daemon
+from ingest.config import Settings, StreamName, load_settings, parse_streams
+from ingest.errors import ConfigError, CredentialsError, IngestError
+from ingest.logconfig import configure_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from streams.base import Source
+
+__all__ = ["main"]
+
+EXIT_OK: Final = 0
+EXIT_FATAL: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_CREDENTIALS: Final = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> Any:
+        raise ConfigError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ingest", description="Multi-source market data ingestion daemon.")
+    parser.add_argument("--version", action="version", version=f"ingest {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run the daemon until stopped")
+    run.add_argument("--config", type=Path, help="config file (default: ./config.toml if present)")
+    run.add_argument("--streams", help="comma-separated subset of stocks,crypto,options,news")
+    run.add_argument("--source", choices=("sim", "alpaca", "replay"))
+    run.add_argument("--replay", type=Path, help="recording file or folder (with --source replay)")
+    run.add_argument("--speed", default="max", help="replay pace: 1, 10, ... or max")
+    run.add_argument("--data-dir", type=Path)
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--log-format", choices=("console", "json"), default=None)
+
+    check = commands.add_parser("check-config", help="validate and print the configuration")
+    check.add_argument("--config", type=Path)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path: Path | None = args.config
+    if path is None and Path("config.toml").is_file():
+        path = Path("config.toml")
+    settings = load_settings(path)
+    ingest = settings.ingest
+    if getattr(args, "streams", None):
+        ingest = _replace(ingest, streams=parse_streams("--streams", args.streams))
+    if getattr(args, "source", None):
+        ingest = _replace(ingest, source=args.source)
+    if getattr(args, "data_dir", None):
+        ingest = _replace(ingest, data_dir=args.data_dir)
+    settings = settings.replace(ingest=ingest)
+    from ingest.config import check_streams
+
+    if ingest.source != "replay":
+        check_streams(settings)
+    return settings
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        speed = float(text)
+    except ValueError:
+        speed = -1.0
+    if speed <= 0:
+        msg = f"--speed: {text!r} is invalid; expected a positive number or 'max'"
+        raise ConfigError(msg)
+    return speed
+
+
+def _source(settings: Settings, args: argparse.Namespace) -> Source:
+    source = settings.ingest.source
+    if source == "sim":
+        from streams.sim import SimSource
+
+        return SimSource(settings, settings.ingest.streams)
+    if source == "replay":
+        if args.replay is None:
+            msg = "--source replay needs --replay PATH (a recording file or folder)"
+            raise ConfigError(msg)
+        from streams.replay import ReplaySource
+
+        default: StreamName = settings.ingest.streams[0] if args.streams else "stocks"
+        return ReplaySource(args.replay, speed=_speed(args.speed), default_stream=default)
+    msg = "source 'alpaca' is not available in this build yet; use 'sim' or 'replay'"
+    raise ConfigError(msg)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(args.log_format or "auto")
+    source = _source(settings, args)
+    interactive = sys.stdout.isatty()
+    result = anyio.run(
+        lambda: run_daemon(
+            settings,
+            source,
+            duration=args.duration,
+            handle_signals=True,
+            progress_seconds=5.0 if interactive else 30.0,
+        )
+    )
+    print(format_summary(result))
+    return EXIT_OK
+
+
+def format_summary(result: RunResult) -> str:
+    """The closing table: rows and files per table, and where they went."""
+    lines = [
+        "",
+        f"Parquet dataset: {Path(result.data_dir).resolve()}",
+        f"{'stream':<8} {'table':<12} {'rows':>10} {'files':>6}",
+    ]
+    for (stream, table), rows in sorted(result.rows.items()):
+        lines.append(f"{stream:<8} {table:<12} {rows:>10} {result.files[(stream, table)]:>6}")
+    total = sum(result.rows.values())
+    lines.append(f"{'total':<21} {total:>10} {sum(result.files.values()):>6}")
+    lines.append(
+        f"ran {result.seconds:.1f}s, quarantined {result.quarantined}, "
+        f"symbol failures {result.symbol_failures}"
+    )
+    glob = f"{result.data_dir}/stocks/trades/**/*.parquet"
+    lines.append(
+        f"query: duckdb -c \"select count(*) from read_parquet('{glob}', hive_partitioning=true)\""
+    )
+    return "\n".join(lines)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(render_settings(settings))
+    return EXIT_OK
+
+
+def render_settings(settings: Settings) -> str:
+    """The effective configuration as TOML, secrets redacted."""
+    import dataclasses
+
+    def value(v: Any) -> str:
+        if isinstance(v, str | Path):
+            return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, tuple | list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            if hasattr(v, "label") and hasattr(v, "kind"):
+                return value(f"{v.kind}:{v.label}")
+            inner = ", ".join(
+                f"{f.name} = {value(getattr(v, f.name))}" for f in dataclasses.fields(v)
+            )
+            return "{ " + inner + " }"
+        return repr(v)
+
+    def section(name: str, obj: Any, secrets: tuple[str, ...] = ()) -> list[str]:
+        lines = [f"[{name}]"]
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if v is None:
+                continue
+            lines.append(f"{f.name} = {value('<redacted>') if f.name in secrets else value(v)}")
+        return [*lines, ""]
+
+    out: list[str] = []
+    out += section("ingest", settings.ingest)
+    out += section("alpaca", settings.alpaca)
+    for stream, stream_settings in settings.streams.items():
+        out += section(f"streams.{stream}", stream_settings)
+    out += section("pipeline", settings.pipeline)
+    out += section("storage", settings.storage)
+    out += section("server", settings.server, secrets=("token",))
+    out += section("sim", settings.sim)
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ingest` console script."""
+    code = EXIT_OK
+    try:
+        args = _parser().parse_args(argv)
+        handler = {"run": _cmd_run, "check-config": _cmd_check_config}[args.command]
+        code = handler(args)
+    except* ConfigError as group:
+        code = _fail(group, EXIT_USAGE)
+    except* CredentialsError as group:
+        code = _fail(group, EXIT_CREDENTIALS)
+    except* IngestError as group:
+        code = _fail(group, EXIT_FATAL)
+    return code
+
+
+def _fail(group: BaseExceptionGroup[IngestError], code: int) -> int:
+    first = _leaf(group)
+    print(f"{type(first).__name__}: {first}", file=sys.stderr)
+    return code
+
+
+def _leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -1,0 +1,221 @@
+"""One stream type at run time: the demultiplexer and one supervised task per symbol.
+
+The source hands every frame of the stream to `deliver`, which splits it by symbol and sends each
+symbol its part of the frame as one batch over a bounded memory stream: a task hop per symbol per
+frame, never per message. Each symbol task owns that symbol's pipeline state; an exception inside it
+is logged with the symbol, counted, and the state is rebuilt while every other symbol goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import anyio
+import numpy as np
+import pyarrow as pa
+import structlog
+
+from ingest.config import PipelineSettings, Settings, StreamName
+from ingest.pipeline import PipelineOutput, SymbolPipeline
+from storage.parquet import SEAL_GRACE_SECONDS, Dataset
+from storage.schemas import parse_timestamps, table_for
+from streams.messages import AnyMessage, CryptoTrade, NewsArticle, OptionTrade, StockTrade
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from ingest.metrics import Metrics
+    from storage.quarantine import Quarantine
+    from streams.base import Frame
+
+__all__ = ["BarListener", "PipelineFactory", "StreamRouter", "SymbolState"]
+
+log = structlog.get_logger("router")
+
+Batch = list[AnyMessage]
+Trade = StockTrade | CryptoTrade | OptionTrade
+PipelineFactory = Callable[[str, PipelineSettings], SymbolPipeline]
+WILDCARD = "*"
+
+
+class BarListener(Protocol):
+    """Told about every closed bar (the `/live` fan-out)."""
+
+    def __call__(self, stream: StreamName, bar: dict[str, Any]) -> None:
+        """Receive one closed bar row; must not block."""
+
+
+@dataclass(slots=True)
+class SymbolState:
+    """What `/status` reports per symbol."""
+
+    messages: int = 0
+    last_event_ns: int = 0
+    last_recv_ns: int = 0
+    failures: int = 0
+
+
+class StreamRouter:
+    """Demultiplexes one stream type's frames to its symbol tasks, which it owns."""
+
+    def __init__(
+        self,
+        stream: StreamName,
+        settings: Settings,
+        dataset: Dataset,
+        quarantine: Quarantine,
+        metrics: Metrics,
+        *,
+        pipeline_factory: PipelineFactory = SymbolPipeline,
+        on_bar: BarListener | None = None,
+    ) -> None:
+        self.stream = stream
+        self.symbols: dict[str, SymbolState] = {}
+        self._settings = settings
+        self._dataset = dataset
+        self._quarantine = quarantine
+        self._metrics = metrics
+        self._factory = pipeline_factory
+        self._on_bar = on_bar
+        self._sends: dict[str, MemoryObjectSendStream[Batch]] = {}
+        self._group: anyio.abc.TaskGroup | None = None
+        self._closed = anyio.Event()
+        self._tables: dict[type, str | None] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        """Own the symbol tasks until `close`; return once they have all drained."""
+        async with anyio.create_task_group() as group:
+            self._group = group
+            for symbol in self._settings.streams[self.stream].symbols:
+                if symbol != WILDCARD:
+                    self._spawn(symbol)
+            task_status.started()
+            await self._closed.wait()
+            for send in self._sends.values():
+                send.close()
+
+    def close(self) -> None:
+        """No more frames: let every symbol task drain, flush its partial bars and end."""
+        self._closed.set()
+
+    def queue_depth(self) -> int:
+        """Batches waiting across this stream's symbol queues."""
+        return sum(s.statistics().current_buffer_used for s in self._sends.values())
+
+    def _spawn(self, symbol: str) -> MemoryObjectSendStream[Batch]:
+        assert self._group is not None, "StreamRouter.run must be started first"
+        send, receive = anyio.create_memory_object_stream[Batch](self._settings.storage.queue_size)
+        self._sends[symbol] = send
+        self.symbols.setdefault(symbol, SymbolState())
+        self._group.start_soon(self._symbol_task, symbol, receive, name=f"{self.stream}:{symbol}")
+        return send
+
+    # --- demultiplexer -------------------------------------------------------------------------
+
+    async def deliver(self, frame: Frame) -> None:
+        """Hand a frame's messages to their symbols; a received frame is never half-delivered."""
+        with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
+            if frame.rejects:
+                for reject in frame.rejects:
+                    self._metrics.quarantined.inc(self.stream, reject.reason)
+                await self._quarantine.put(self.stream, frame.recv_ns, frame.rejects)
+            for symbol, batch in self._split(frame.messages).items():
+                send = self._sends.get(symbol) or self._spawn(symbol)
+                if self._settings.storage.backpressure == "block":
+                    await send.send(batch)
+                else:
+                    try:
+                        send.send_nowait(batch)
+                    except anyio.WouldBlock:
+                        self._metrics.dropped.inc(self.stream, amount=len(batch))
+
+    def _split(self, messages: list[AnyMessage]) -> dict[str, Batch]:
+        batches: dict[str, Batch] = {}
+        for message in messages:
+            if isinstance(message, NewsArticle):
+                symbol = self._news_route(message)
+            else:
+                found: str | None = getattr(message, "S", None)
+                if found is None:
+                    continue  # control message: the source's business
+                symbol = found
+            batch = batches.get(symbol)
+            if batch is None:
+                batches[symbol] = [message]
+            else:
+                batch.append(message)
+        return batches
+
+    def _news_route(self, article: NewsArticle) -> str:
+        """An article is written once: by its first symbol that has a task, else by `*`."""
+        for symbol in article.symbols:
+            if symbol in self._sends:
+                return symbol
+        return WILDCARD
+
+    # --- symbol tasks --------------------------------------------------------------------------
+
+    async def _symbol_task(self, symbol: str, receive: MemoryObjectReceiveStream[Batch]) -> None:
+        with structlog.contextvars.bound_contextvars(stream=self.stream, symbol=symbol):
+            pipeline = self._factory(symbol, self._settings.pipeline)
+            async with receive:
+                async for batch in receive:
+                    try:
+                        await self._process(symbol, pipeline, batch)
+                    except Exception:
+                        # Supervisor boundary: one symbol's bug must not stop its siblings.
+                        log.exception("symbol_task_failed")
+                        self._metrics.symbol_failures.inc(self.stream)
+                        self.symbols[symbol].failures += 1
+                        pipeline = self._factory(symbol, self._settings.pipeline)
+            with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
+                try:
+                    await self._emit(pipeline.flush(), time.time_ns())
+                except Exception:
+                    log.exception("symbol_flush_failed")
+                    self._metrics.symbol_failures.inc(self.stream)
+
+    async def _process(self, symbol: str, pipeline: SymbolPipeline, batch: Batch) -> None:
+        by_table: dict[str, Batch] = {}
+        tables = self._tables
+        for message in batch:
+            kind = type(message)
+            table = tables.get(kind, "?")
+            if table == "?":
+                table = tables[kind] = table_for(self.stream, kind)
+            if table is not None:
+                by_table.setdefault(table, []).append(message)
+        for table, records in by_table.items():
+            await self._dataset.writer(self.stream, table).put(records)
+            self._metrics.messages.inc(self.stream, table, amount=len(records))
+        state = self.symbols[symbol]
+        state.messages += len(batch)
+        state.last_recv_ns = batch[-1].recv_ns
+        trades = cast("list[Trade]", by_table.get("trades"))
+        if trades:
+            ts = parse_timestamps([t.t for t in trades]).cast(pa.int64()).to_numpy()
+            state.last_event_ns = int(ts.max())
+            price = np.fromiter((t.p for t in trades), np.float64, len(trades))
+            size = np.fromiter((t.s for t in trades), np.float64, len(trades))
+            output = pipeline.on_trades(ts, price, size)
+            lag = (time.time_ns() - state.last_event_ns) / 1e9
+            self._metrics.latency.observe(lag, self.stream, count=len(trades))
+            await self._emit(output, trades[-1].recv_ns)
+
+    async def _emit(self, output: PipelineOutput, recv_ns: int) -> None:
+        if output.bars:
+            for bar in output.bars:
+                bar["recv_ts"] = recv_ns
+                if self._on_bar is not None:
+                    self._on_bar(self.stream, bar)
+            await self._dataset.writer(self.stream, "bars").put(output.bars)
+        if output.anomalies:
+            for row in output.anomalies:
+                row["recv_ts"] = recv_ns
+            await self._dataset.writer(self.stream, "anomalies").put(output.anomalies)

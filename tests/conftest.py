@@ -1,0 +1,43 @@
+"""Shared fixtures: asyncio backend (aiohttp runs only there) and small daemon settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import structlog
+
+from ingest.config import Settings, settings_from_mapping
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Aiohttp and alpaca-py only run on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """A test that ran the CLI must not leave structlog writing to a closed capture stream."""
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Fast sim settings writing into a temporary data directory."""
+    base = settings_from_mapping(
+        {
+            "ingest": {"data_dir": str(tmp_path / "data")},
+            "sim": {"ticks_per_second": 50, "start": "2024-07-01T14:30:00Z"},
+            "server": {"listen": ""},
+        }
+    )
+    return base.replace(ingest=dataclasses.replace(base.ingest, data_dir=tmp_path / "data"))

@@ -1,0 +1,96 @@
+"""The Parquet writer: atomic files, date partitions, sort order, bounded buffers."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import anyio
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ingest.config import StorageSettings
+from ingest.errors import StorageError
+from storage.parquet import open_dataset
+from streams.messages import StockTrade
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.anyio
+
+
+def trade(symbol: str, t: str, i: int) -> StockTrade:
+    return StockTrade(S=symbol, t=t, i=i, x="V", p=10.0 + i, s=1.0, recv_ns=1)
+
+
+def files(root: Path) -> list[Path]:
+    return sorted(root.glob("stocks/trades/*/*.parquet"))
+
+
+async def write(root: Path, records: list[StockTrade], **storage: object) -> None:
+    settings = dataclasses.replace(StorageSettings(), **storage)  # type: ignore[arg-type]
+    async with open_dataset(
+        root, settings, writer_id="w", metadata={}, indicator_columns=()
+    ) as dataset:
+        await dataset.writer("stocks", "trades").put(records)
+
+
+class TestFiles:
+    async def test_rows_split_by_utc_date(self, tmp_path: Path) -> None:
+        """Trades either side of midnight UTC land in their own date partitions."""
+        await write(
+            tmp_path,
+            [
+                trade("A", "2024-07-01T23:59:59.999999999Z", 1),
+                trade("A", "2024-07-02T00:00:00Z", 2),
+            ],
+        )
+        dates = sorted(p.parent.name for p in files(tmp_path))
+        assert dates == ["date=2024-07-01", "date=2024-07-02"]
+
+    async def test_sorted_by_symbol_then_time(self, tmp_path: Path) -> None:
+        """Rows arrive in any order and are written sorted by (symbol, ts)."""
+        await write(
+            tmp_path,
+            [
+                trade("B", "2024-07-01T10:00:02Z", 1),
+                trade("A", "2024-07-01T10:00:03Z", 2),
+                trade("B", "2024-07-01T10:00:01Z", 3),
+            ],
+        )
+        (path,) = files(tmp_path)
+        table = pq.read_table(path)
+        assert table["symbol"].to_pylist() == ["A", "B", "B"]
+        assert table["trade_id"].to_pylist() == [2, 3, 1]
+
+    async def test_timestamps_keep_nanoseconds(self, tmp_path: Path) -> None:
+        """RFC 3339 with nine fractional digits round-trips to the nanosecond."""
+        await write(tmp_path, [trade("A", "2024-07-01T10:00:00.123456789Z", 1)])
+        (path,) = files(tmp_path)
+        ts = pq.read_table(path)["ts"]
+        assert str(ts.type) == "timestamp[ns, tz=UTC]"
+        assert ts.cast(pa.int64()).to_pylist() == [1_719_828_000_123_456_789]
+
+    async def test_unwritable_directory_is_a_storage_error(self, tmp_path: Path) -> None:
+        """A data directory that cannot be created is named in a StorageError."""
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        with pytest.raises(StorageError, match="cannot be created"):
+            await write(blocker / "data", [trade("A", "2024-07-01T10:00:00Z", 1)])
+
+
+class TestBackpressure:
+    async def test_put_waits_while_buffer_is_full(self, tmp_path: Path) -> None:
+        """Over the high-water mark `put` blocks until a seal drains the buffer."""
+        settings = dataclasses.replace(StorageSettings(), roll_rows=1, roll_seconds=3600.0)
+        async with open_dataset(
+            tmp_path, settings, writer_id="w", metadata={}, indicator_columns=()
+        ) as dataset:
+            writer = dataset.writer("stocks", "trades")
+            writer._high_water = 2  # a tiny bound to observe blocking
+            await writer.put([trade("A", "2024-07-01T10:00:00Z", i) for i in range(2)])
+            with anyio.fail_after(10):
+                await writer.put([trade("A", "2024-07-01T10:00:01Z", 9)])
+            assert writer.stats.rows >= 2

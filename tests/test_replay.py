@@ -1,0 +1,157 @@
+"""Replay: recorded frames through the whole daemon, ending by itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ingest.app import run_daemon
+from ingest.errors import ConfigError
+from streams.replay import ReplaySource
+from tests.dataset import count, query
+
+if TYPE_CHECKING:
+    from ingest.config import Settings
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).parent.parent
+
+TRADE = (
+    '{{"T":"t","S":"{s}","i":{i},"x":"V","p":{p},"s":100,'
+    '"t":"2024-07-01T14:3{m}:0{sec}.123456789Z","c":["@"],"z":"C"}}'
+)
+
+
+def trades_frame(start: int, n: int, symbol: str = "AAPL", minute: int = 0) -> str:
+    return (
+        "["
+        + ",".join(
+            TRADE.format(s=symbol, i=start + k, p=100 + k / 100, m=minute, sec=k % 10)
+            for k in range(n)
+        )
+        + "]"
+    )
+
+
+def write_recording(path: Path) -> int:
+    """A recording mixing bare arrays, envelopes, a bad line and a control frame; trade count."""
+    lines = [
+        '[{"T":"success","msg":"connected"}]',
+        trades_frame(1, 5),
+        json.dumps(
+            {
+                "stream": "stocks",
+                "recv_ts": "2024-07-01T14:30:01.5Z",
+                "frame": json.loads(trades_frame(6, 5, "MSFT", minute=1)),
+            }
+        ),
+        "not json at all",
+        trades_frame(11, 3, minute=2),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return 13
+
+
+class TestReplay:
+    async def test_replay_ends_by_itself_with_every_trade(self, settings: Settings) -> None:
+        """Every recorded trade lands once; the malformed line is quarantined; the run ends."""
+        recording = settings.ingest.data_dir.parent / "session.jsonl"
+        expected = write_recording(recording)
+        result = await run_daemon(settings, ReplaySource(recording))
+        root = settings.ingest.data_dir
+        assert count(root, "stocks", "trades") == expected
+        ids = query(root, "stocks", "trades", "select list(trade_id order by trade_id) from t")
+        assert ids == [(list(range(1, expected + 1)),)]
+        assert result.quarantined == 1
+        quarantined = list((root / "_quarantine" / "stocks").rglob("*.jsonl"))
+        line = json.loads(quarantined[0].read_text())
+        assert line["reason"] == "malformed_frame"
+        assert line["raw"] == "not json at all"
+
+    async def test_bars_from_replayed_trades(self, settings: Settings) -> None:
+        """Replayed trades go through the pipeline: one closed 1m bar per minute and symbol."""
+        recording = settings.ingest.data_dir.parent / "session.jsonl"
+        write_recording(recording)
+        await run_daemon(settings, ReplaySource(recording))
+        bars = query(
+            settings.ingest.data_dir,
+            "stocks",
+            "bars",
+            "select symbol, strftime(ts, '%H:%M'), trade_count, partial from t "
+            "where bar_type = 'time' order by ts",
+        )
+        assert bars == [
+            ("AAPL", "14:30", 5, False),
+            ("MSFT", "14:31", 5, True),
+            ("AAPL", "14:32", 3, True),
+        ]
+
+    async def test_folder_of_files_in_name_order(self, settings: Settings) -> None:
+        """A folder replays its *.jsonl files in name order."""
+        folder = settings.ingest.data_dir.parent / "rec"
+        folder.mkdir()
+        (folder / "a.jsonl").write_text(trades_frame(1, 4) + "\n")
+        (folder / "b.jsonl").write_text(trades_frame(5, 4, minute=1) + "\n")
+        (folder / "ignored.txt").write_text("x\n")
+        await run_daemon(settings, ReplaySource(folder))
+        assert count(settings.ingest.data_dir, "stocks", "trades") == 8
+
+    async def test_bare_arrays_follow_the_default_stream(self, settings: Settings) -> None:
+        """A bare array is routed to the default stream (the first of --streams)."""
+        recording = settings.ingest.data_dir.parent / "crypto.jsonl"
+        frame = (
+            '[{"T":"t","S":"BTC/USD","p":60000.5,"s":0.25,'
+            '"t":"2024-07-01T14:30:00Z","i":7,"tks":"B"}]'
+        )
+        recording.write_text(frame + "\n")
+        crypto = settings.replace(ingest=dataclasses.replace(settings.ingest, streams=("crypto",)))
+        await run_daemon(crypto, ReplaySource(recording, default_stream="crypto"))
+        rows = query(
+            settings.ingest.data_dir, "crypto", "trades", "select symbol, size, taker_side from t"
+        )
+        assert rows == [("BTC/USD", 0.25, "B")]
+
+    def test_missing_path_is_a_config_error(self, tmp_path: Path) -> None:
+        """A replay path that does not exist is named in a config error."""
+        with pytest.raises(ConfigError, match="does not exist"):
+            ReplaySource(tmp_path / "nope.jsonl")
+
+
+@pytest.mark.slow
+class TestReplayCommand:
+    def test_cli_replay_at_max_speed(self, tmp_path: Path) -> None:
+        """`ingest run --source replay --replay PATH --speed max` writes the dataset and exits 0."""
+        recording = tmp_path / "session.jsonl"
+        expected = write_recording(recording)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ingest",
+                "run",
+                "--source",
+                "replay",
+                "--replay",
+                str(recording),
+                "--speed",
+                "max",
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--streams",
+                "stocks",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert count(tmp_path / "d", "stocks", "trades") == expected
