@@ -179,6 +179,7 @@ class TableWriter:
 
     async def run(self) -> None:
         """Seal files when the buffer fills or every `roll_seconds`, until closed."""
+        structlog.contextvars.clear_contextvars()  # started from whichever symbol wrote first
         try:
             while not self._closing:
                 with anyio.move_on_after(self._settings.roll_seconds):
@@ -209,8 +210,8 @@ class TableWriter:
         table = self.spec.to_table(records)
         table = prepare(table, self.spec).replace_schema_metadata(self._metadata)
         for day, part in split_by_date(table, self.spec.time_column):
-            first = part[self.spec.time_column][0].as_py()
-            stamp = first.strftime("%Y%m%dT%H%M%S") if first is not None else "unknown"
+            first = pc.min(part[self.spec.time_column].cast(pa.int64())).as_py() or 0
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(first // 1_000_000_000))
             self._seq += 1
             name = f"part-{stamp}-{self._writer_id}-{self._seq:06d}.parquet"
             size = write_parquet_atomically(

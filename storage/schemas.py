@@ -552,3 +552,8 @@ def tables_of(stream: StreamName) -> tuple[str, ...]:
     """Every table a stream can write."""
     own = tuple(table for (s, table) in _SPECS if s == stream)
     return (*own, "bars") if stream != "news" else own
+
+
+# pyarrow imports pandas lazily on its first list conversion (0.5 s of file I/O); do it at import,
+# before the event loop runs, instead of inside the first symbol task.
+pa.array([0])

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import structlog
+from blockbuster import blockbuster_ctx
 
 from ingest.config import Settings, settings_from_mapping
 
@@ -28,6 +29,15 @@ def _reset_logging() -> Iterator[None]:
     """A test that ran the CLI must not leave structlog writing to a closed capture stream."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _blockbuster() -> Iterator[None]:
+    """Fail any test whose event loop makes a blocking call (file I/O, sleep, ...)."""
+    with blockbuster_ctx() as bb:
+        # structlog writes one line at a time to stdout; that is the logging design, not a bug.
+        bb.functions["io.TextIOWrapper.write"].can_block_in("structlog/_output.py", "msg")
+        yield
 
 
 @pytest.fixture

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, Any
 
+import anyio
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
@@ -22,19 +23,18 @@ if TYPE_CHECKING:
 
     from ingest.config import PipelineSettings, Settings
 
-pytestmark = pytest.mark.anyio
 
-
-async def run_sim(settings: Settings, seconds: float = 1.5, **kwargs: object) -> SimSource:
+def run_sim(settings: Settings, seconds: float = 1.5, **kwargs: Any) -> SimSource:
+    """Run the daemon on the sim source in its own event loop (test reads stay off the loop)."""
     source = SimSource(settings, settings.ingest.streams)
-    await run_daemon(settings, source, duration=seconds, **kwargs)  # type: ignore[arg-type]
+    anyio.run(functools.partial(run_daemon, settings, source, duration=seconds, **kwargs))
     return source
 
 
 class TestAllStreams:
-    async def test_every_emitted_message_lands_exactly_once(self, settings: Settings) -> None:
+    def test_every_emitted_message_lands_exactly_once(self, settings: Settings) -> None:
         """Rows per table equal what the source emitted: nothing lost, nothing duplicated."""
-        source = await run_sim(settings)
+        source = run_sim(settings)
         root = settings.ingest.data_dir
         assert source.emitted, "the sim emitted nothing"
         for (stream, tag), emitted in source.emitted.items():
@@ -49,18 +49,18 @@ class TestAllStreams:
             )
             assert dupes == [(0,)]
 
-    async def test_all_four_streams_write(self, settings: Settings) -> None:
+    def test_all_four_streams_write(self, settings: Settings) -> None:
         """Stocks, crypto and options write trades, quotes and bars; news writes articles."""
-        await run_sim(settings.replace(sim=dataclasses.replace(settings.sim, news_per_minute=600)))
+        run_sim(settings.replace(sim=dataclasses.replace(settings.sim, news_per_minute=600)))
         root = settings.ingest.data_dir
         for stream in ("stocks", "crypto", "options"):
             for table in ("trades", "quotes", "bars"):
                 assert count(root, stream, table) > 0, (stream, table)
         assert count(root, "news", "articles") > 0
 
-    async def test_bars_come_from_the_trades(self, settings: Settings) -> None:
+    def test_bars_come_from_the_trades(self, settings: Settings) -> None:
         """The 1-minute bars hold exactly the trades: per symbol, volume and count agree."""
-        await run_sim(settings)
+        run_sim(settings)
         root = settings.ingest.data_dir
         bars = query(
             root,
@@ -77,9 +77,9 @@ class TestAllStreams:
         )
         assert bars == trades
 
-    async def test_files_are_sealed_and_marked_simulated(self, settings: Settings) -> None:
+    def test_files_are_sealed_and_marked_simulated(self, settings: Settings) -> None:
         """No temporary file is left; Parquet metadata says the data is simulated."""
-        await run_sim(settings)
+        run_sim(settings)
         root = settings.ingest.data_dir
         assert leftovers(root) == []
         files = list(root.glob("stocks/trades/date=*/*.parquet"))
@@ -88,15 +88,15 @@ class TestAllStreams:
         assert metadata[b"ingest.simulated"] == b"true"
         assert metadata[b"ingest.source"] == b"sim"
 
-    async def test_layout_is_hive_partitioned_by_utc_date(self, settings: Settings) -> None:
+    def test_layout_is_hive_partitioned_by_utc_date(self, settings: Settings) -> None:
         """Files live under <stream>/<table>/date=YYYY-MM-DD/ for the trades' UTC date."""
-        await run_sim(settings)
+        run_sim(settings)
         dirs = {p.parent.name for p in settings.ingest.data_dir.glob("*/trades/*/*.parquet")}
         assert dirs == {"date=2024-07-01"}
 
-    async def test_rows_sorted_by_symbol_and_time(self, settings: Settings) -> None:
+    def test_rows_sorted_by_symbol_and_time(self, settings: Settings) -> None:
         """Within a file rows are sorted by (symbol, ts); symbol is dictionary-encoded."""
-        await run_sim(settings)
+        run_sim(settings)
         for path in settings.ingest.data_dir.glob("*/trades/*/*.parquet"):
             table = pq.read_table(path)
             assert str(table.schema.field("symbol").type).startswith("dictionary")
@@ -109,22 +109,22 @@ class TestAllStreams:
             )
             assert keys == sorted(keys)
 
-    async def test_roll_rows_splits_files(self, settings: Settings) -> None:
+    def test_roll_rows_splits_files(self, settings: Settings) -> None:
         """A small roll_rows seals many files; together they still hold every row once."""
         small = settings.replace(storage=dataclasses.replace(settings.storage, roll_rows=50))
-        source = await run_sim(small)
+        source = run_sim(small)
         root = settings.ingest.data_dir
         assert len(list(root.glob("stocks/trades/*/*.parquet"))) > 1
         assert count(root, "stocks", "trades") == source.emitted[("stocks", "t")]
 
 
 class TestStreamSelection:
-    async def test_only_the_chosen_streams_run(self, settings: Settings) -> None:
+    def test_only_the_chosen_streams_run(self, settings: Settings) -> None:
         """Streams = options,crypto writes exactly those two streams."""
         chosen = settings.replace(
             ingest=dataclasses.replace(settings.ingest, streams=("crypto", "options"))
         )
-        await run_sim(chosen)
+        run_sim(chosen)
         written = {p.name for p in settings.ingest.data_dir.iterdir() if not p.name.startswith("_")}
         assert written == {"crypto", "options"}
 
@@ -147,11 +147,11 @@ def _fail_msft(symbol: str, pipeline: PipelineSettings) -> SymbolPipeline:
 
 
 class TestFailureIsolation:
-    async def test_failing_symbol_does_not_stop_the_others(self, settings: Settings) -> None:
+    def test_failing_symbol_does_not_stop_the_others(self, settings: Settings) -> None:
         """MSFT's pipeline raises on every batch; other symbols' bars and every trade still land."""
         stocks = settings.replace(ingest=dataclasses.replace(settings.ingest, streams=("stocks",)))
         with capture_logs(processors=[merge_contextvars]) as logs:
-            source = await run_sim(stocks, pipeline_factory=_fail_msft)
+            source = run_sim(stocks, pipeline_factory=_fail_msft)
         root = settings.ingest.data_dir
         bar_symbols = {row[0] for row in query(root, "stocks", "bars", "select symbol from t")}
         assert bar_symbols == {"AAPL", "NVDA", "SPY", "TSLA"}
@@ -162,3 +162,13 @@ class TestFailureIsolation:
         assert all(e["stream"] == "stocks" for e in failures)
         stopped = next(e for e in logs if e["event"] == "daemon_stopped")
         assert stopped["symbol_failures"] == len(failures)
+
+
+class TestRolling:
+    def test_roll_seconds_seals_files_while_running(self, settings: Settings) -> None:
+        """A short roll_seconds seals several files during one run, each row once."""
+        fast = settings.replace(storage=dataclasses.replace(settings.storage, roll_seconds=0.3))
+        source = run_sim(fast, seconds=2.0)
+        root = settings.ingest.data_dir
+        assert len(list(root.glob("stocks/trades/*/*.parquet"))) >= 3
+        assert count(root, "stocks", "trades") == source.emitted[("stocks", "t")]

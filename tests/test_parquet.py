@@ -18,8 +18,6 @@ from streams.messages import StockTrade
 if TYPE_CHECKING:
     from pathlib import Path
 
-pytestmark = pytest.mark.anyio
-
 
 def trade(symbol: str, t: str, i: int) -> StockTrade:
     return StockTrade(S=symbol, t=t, i=i, x="V", p=10.0 + i, s=1.0, recv_ns=1)
@@ -29,18 +27,22 @@ def files(root: Path) -> list[Path]:
     return sorted(root.glob("stocks/trades/*/*.parquet"))
 
 
-async def write(root: Path, records: list[StockTrade], **storage: object) -> None:
-    settings = dataclasses.replace(StorageSettings(), **storage)  # type: ignore[arg-type]
-    async with open_dataset(
-        root, settings, writer_id="w", metadata={}, indicator_columns=()
-    ) as dataset:
-        await dataset.writer("stocks", "trades").put(records)
+def write(root: Path, records: list[StockTrade]) -> None:
+    """Write records through a dataset in its own event loop."""
+
+    async def main() -> None:
+        async with open_dataset(
+            root, StorageSettings(), writer_id="w", metadata={}, indicator_columns=()
+        ) as dataset:
+            await dataset.writer("stocks", "trades").put(records)
+
+    anyio.run(main)
 
 
 class TestFiles:
-    async def test_rows_split_by_utc_date(self, tmp_path: Path) -> None:
+    def test_rows_split_by_utc_date(self, tmp_path: Path) -> None:
         """Trades either side of midnight UTC land in their own date partitions."""
-        await write(
+        write(
             tmp_path,
             [
                 trade("A", "2024-07-01T23:59:59.999999999Z", 1),
@@ -50,9 +52,9 @@ class TestFiles:
         dates = sorted(p.parent.name for p in files(tmp_path))
         assert dates == ["date=2024-07-01", "date=2024-07-02"]
 
-    async def test_sorted_by_symbol_then_time(self, tmp_path: Path) -> None:
+    def test_sorted_by_symbol_then_time(self, tmp_path: Path) -> None:
         """Rows arrive in any order and are written sorted by (symbol, ts)."""
-        await write(
+        write(
             tmp_path,
             [
                 trade("B", "2024-07-01T10:00:02Z", 1),
@@ -65,23 +67,24 @@ class TestFiles:
         assert table["symbol"].to_pylist() == ["A", "B", "B"]
         assert table["trade_id"].to_pylist() == [2, 3, 1]
 
-    async def test_timestamps_keep_nanoseconds(self, tmp_path: Path) -> None:
+    def test_timestamps_keep_nanoseconds(self, tmp_path: Path) -> None:
         """RFC 3339 with nine fractional digits round-trips to the nanosecond."""
-        await write(tmp_path, [trade("A", "2024-07-01T10:00:00.123456789Z", 1)])
+        write(tmp_path, [trade("A", "2024-07-01T10:00:00.123456789Z", 1)])
         (path,) = files(tmp_path)
         ts = pq.read_table(path)["ts"]
         assert str(ts.type) == "timestamp[ns, tz=UTC]"
         assert ts.cast(pa.int64()).to_pylist() == [1_719_828_000_123_456_789]
 
-    async def test_unwritable_directory_is_a_storage_error(self, tmp_path: Path) -> None:
+    def test_unwritable_directory_is_a_storage_error(self, tmp_path: Path) -> None:
         """A data directory that cannot be created is named in a StorageError."""
         blocker = tmp_path / "file"
         blocker.write_text("")
         with pytest.raises(StorageError, match="cannot be created"):
-            await write(blocker / "data", [trade("A", "2024-07-01T10:00:00Z", 1)])
+            write(blocker / "data", [trade("A", "2024-07-01T10:00:00Z", 1)])
 
 
 class TestBackpressure:
+    @pytest.mark.anyio
     async def test_put_waits_while_buffer_is_full(self, tmp_path: Path) -> None:
         """Over the high-water mark `put` blocks until a seal drains the buffer."""
         settings = dataclasses.replace(StorageSettings(), roll_rows=1, roll_seconds=3600.0)

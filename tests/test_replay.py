@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 
-from ingest.app import run_daemon
+from ingest.app import RunResult, run_daemon
 from ingest.errors import ConfigError
 from streams.replay import ReplaySource
 from tests.dataset import count, query
@@ -19,7 +20,11 @@ from tests.dataset import count, query
 if TYPE_CHECKING:
     from ingest.config import Settings
 
-pytestmark = pytest.mark.anyio
+
+def replay(settings: Settings, source: ReplaySource) -> RunResult:
+    """Run the daemon over a replay in its own event loop."""
+    return anyio.run(run_daemon, settings, source)
+
 
 ROOT = Path(__file__).parent.parent
 
@@ -60,11 +65,11 @@ def write_recording(path: Path) -> int:
 
 
 class TestReplay:
-    async def test_replay_ends_by_itself_with_every_trade(self, settings: Settings) -> None:
+    def test_replay_ends_by_itself_with_every_trade(self, settings: Settings) -> None:
         """Every recorded trade lands once; the malformed line is quarantined; the run ends."""
         recording = settings.ingest.data_dir.parent / "session.jsonl"
         expected = write_recording(recording)
-        result = await run_daemon(settings, ReplaySource(recording))
+        result = replay(settings, ReplaySource(recording))
         root = settings.ingest.data_dir
         assert count(root, "stocks", "trades") == expected
         ids = query(root, "stocks", "trades", "select list(trade_id order by trade_id) from t")
@@ -75,11 +80,11 @@ class TestReplay:
         assert line["reason"] == "malformed_frame"
         assert line["raw"] == "not json at all"
 
-    async def test_bars_from_replayed_trades(self, settings: Settings) -> None:
+    def test_bars_from_replayed_trades(self, settings: Settings) -> None:
         """Replayed trades go through the pipeline: one closed 1m bar per minute and symbol."""
         recording = settings.ingest.data_dir.parent / "session.jsonl"
         write_recording(recording)
-        await run_daemon(settings, ReplaySource(recording))
+        replay(settings, ReplaySource(recording))
         bars = query(
             settings.ingest.data_dir,
             "stocks",
@@ -93,17 +98,17 @@ class TestReplay:
             ("AAPL", "14:32", 3, True),
         ]
 
-    async def test_folder_of_files_in_name_order(self, settings: Settings) -> None:
+    def test_folder_of_files_in_name_order(self, settings: Settings) -> None:
         """A folder replays its *.jsonl files in name order."""
         folder = settings.ingest.data_dir.parent / "rec"
         folder.mkdir()
         (folder / "a.jsonl").write_text(trades_frame(1, 4) + "\n")
         (folder / "b.jsonl").write_text(trades_frame(5, 4, minute=1) + "\n")
         (folder / "ignored.txt").write_text("x\n")
-        await run_daemon(settings, ReplaySource(folder))
+        replay(settings, ReplaySource(folder))
         assert count(settings.ingest.data_dir, "stocks", "trades") == 8
 
-    async def test_bare_arrays_follow_the_default_stream(self, settings: Settings) -> None:
+    def test_bare_arrays_follow_the_default_stream(self, settings: Settings) -> None:
         """A bare array is routed to the default stream (the first of --streams)."""
         recording = settings.ingest.data_dir.parent / "crypto.jsonl"
         frame = (
@@ -112,7 +117,7 @@ class TestReplay:
         )
         recording.write_text(frame + "\n")
         crypto = settings.replace(ingest=dataclasses.replace(settings.ingest, streams=("crypto",)))
-        await run_daemon(crypto, ReplaySource(recording, default_stream="crypto"))
+        replay(crypto, ReplaySource(recording, default_stream="crypto"))
         rows = query(
             settings.ingest.data_dir, "crypto", "trades", "select symbol, size, taker_side from t"
         )
