@@ -152,10 +152,15 @@ async def run_watchdog(
     false the pings are withheld (logged once per transition), so systemd restarts a daemon
     whose streams are stuck; they resume if it recovers before the deadline.
 
+    systemd arms the watchdog when the process starts, not when it reports READY, so start this
+    task first and let `health()` be true while the streams are still connecting.
+
     Args:
         notifier: Where to send `WATCHDOG=1`.
-        health: Cheap, synchronous liveness check called before every ping.
-        task_status: Signalled once the first ping has been sent (or at once when disabled).
+        health: Cheap, synchronous check called before every ping. It should turn false only
+            when a restart is the right cure (e.g. a stream stale for longer than its reconnect
+            budget), not on every short reconnect.
+        task_status: Signalled after the first check (and ping), or at once when disabled.
     """
     interval = notifier.watchdog_interval
     if interval is None:
