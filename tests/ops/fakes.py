@@ -78,12 +78,12 @@ class RunningServer:
 
 @contextlib.asynccontextmanager
 async def open_server(
-    *, token: str | None = None, client_buffer: int = 1024
+    *, token: str | None = None, client_buffer: int = 1024, max_clients: int = 1000
 ) -> AsyncIterator[RunningServer]:
     """Run `serve` on 127.0.0.1 with a free port until the block ends."""
     metrics = Metrics()
     state = FakeState()
-    hub = LiveHub(metrics, client_buffer=client_buffer)
+    hub = LiveHub(metrics, client_buffer=client_buffer, max_clients=max_clients)
     settings = ServerSettings(listen="127.0.0.1:0", token=token)
     async with anyio.create_task_group() as tg:
         port = await tg.start(serve, settings, state, metrics, hub)

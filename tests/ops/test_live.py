@@ -267,6 +267,20 @@ class TestLiveAccess:
             ) as ws:
                 assert (await next_json(ws))["type"] == "snapshot"
 
+    async def test_refuses_clients_beyond_the_limit(self, session: aiohttp.ClientSession) -> None:
+        """Past `max_clients` the upgrade is refused with 503; the gauge counts the others."""
+        async with open_server(max_clients=2) as server:
+            async with (
+                session.ws_connect(server.url + "/live") as first,
+                session.ws_connect(server.url + "/live") as second,
+            ):
+                await next_json(first)
+                await next_json(second)
+                assert server.metrics.live_clients.get() == 2
+                with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                    await session.ws_connect(server.url + "/live")
+        assert caught.value.status == 503
+
     async def test_shutdown_closes_clients_as_going_away(
         self, session: aiohttp.ClientSession
     ) -> None:
