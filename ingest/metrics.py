@@ -200,6 +200,34 @@ class Metrics:
             ("stream",),
         )
     )
+    seal_latency: Histogram = field(
+        default_factory=lambda: Histogram(
+            "ingest_seal_latency_seconds",
+            "Receive time to the Parquet file holding the row being sealed.",
+            ("stream", "table"),
+        )
+    )
+    backfilled: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_backfilled_rows_total",
+            "Rows recovered through REST history after a gap (after de-duplication).",
+            ("stream", "table"),
+        )
+    )
+    live_clients: Gauge = field(
+        default_factory=lambda: Gauge("ingest_live_clients", "Connected /live WebSocket clients.")
+    )
+    live_dropped: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_live_clients_dropped_total",
+            "/live clients disconnected because their send buffer overflowed.",
+        )
+    )
+    live_bars: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_live_bars_published_total", "Closed bars published to /live.", ("stream",)
+        )
+    )
 
     def render(self) -> str:
         """All metrics in Prometheus text exposition format."""
@@ -215,6 +243,11 @@ class Metrics:
             self.queue_depth,
             self.connected,
             self.latency,
+            self.seal_latency,
+            self.backfilled,
+            self.live_clients,
+            self.live_dropped,
+            self.live_bars,
         ):
             lines += metric.render()
         return "\n".join(lines) + "\n"
