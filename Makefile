@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_SECONDS ?= 20
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run test lint typecheck pytest clean systemd-analyze
 
 $(BIN)/ingest: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.dev
+# The unit-file tests run `systemd-analyze verify`; install it where we can (root with apt).
+systemd-analyze:
+	@command -v systemd-analyze >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && apt-get install -y -qq systemd >/dev/null; } \
+		|| echo "note: systemd-analyze is missing; install the 'systemd' package for the unit tests"
+
+pytest: $(VENV)/.dev systemd-analyze
 	$(BIN)/pytest
 
 test: lint typecheck pytest

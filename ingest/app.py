@@ -11,15 +11,19 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import structlog
 
 from ingest import __version__
+from ingest.live import LiveHub
 from ingest.metrics import Metrics
 from ingest.pipeline import SymbolPipeline, indicator_columns
 from ingest.router import BarListener, PipelineFactory, StreamRouter
+from ingest.sdnotify import Notifier, run_watchdog
+from ingest.server import serve
+from ingest.state import DaemonState
 from storage.parquet import SEAL_GRACE_SECONDS, Dataset, make_writer_id, open_dataset
 from storage.quarantine import Quarantine
 
@@ -61,13 +65,34 @@ async def run_daemon(
     metrics: Metrics | None = None,
     pipeline_factory: PipelineFactory = SymbolPipeline,
     on_bar: BarListener | None = None,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[DaemonState], None] | None = None,
+    notifier: Notifier | None = None,
     handle_signals: bool = False,
     progress_seconds: float = PROGRESS_SECONDS,
 ) -> RunResult:
-    """Run until `stop` is set, `duration` elapses, a signal arrives, or the source ends."""
+    """Run until `stop` is set, `duration` elapses, a signal arrives, or the source ends.
+
+    Speaks sd_notify through `notifier` (READY once every stream is up, WATCHDOG while alive,
+    STATUS with the rates, STOPPING on the way out) and serves `[server] listen`.
+    """
     stop = stop or anyio.Event()
     metrics = metrics or Metrics()
+    notifier = notifier or Notifier(None)
+    state = DaemonState(settings, metrics, source.name)
+    hub = LiveHub(metrics)
+
+    def publish(stream: StreamName, bar: dict[str, Any]) -> None:
+        hub.publish(stream, bar)
+        if on_bar is not None:
+            on_bar(stream, bar)
+
+    def ready() -> None:
+        state.ready = True
+        notifier.ready()
+        notifier.status(f"{len(streams)} streams up: " + ", ".join(streams))
+        if on_ready is not None:
+            on_ready(state)
+
     streams = settings.ingest.streams
     writer_id = make_writer_id(settings.ingest.shard)
     started = time.monotonic()
@@ -81,6 +106,8 @@ async def run_daemon(
     quarantine = Quarantine(root, writer_id)
     log.info("daemon_started", source=source.name, streams=list(streams), data_dir=str(root))
     async with anyio.create_task_group() as root_group:
+        await root_group.start(run_watchdog, notifier, state.alive)
+        state.port = await root_group.start(serve, settings.server, state, metrics, hub)
         if handle_signals:
             root_group.start_soon(_stop_on_signals, stop, root_group.cancel_scope)
         if duration is not None:
@@ -100,18 +127,28 @@ async def run_daemon(
                     quarantine,
                     metrics,
                     pipeline_factory=pipeline_factory,
-                    on_bar=on_bar,
+                    on_bar=publish,
                 )
                 for stream in streams
             }
+            state.attach(routers)
             async with anyio.create_task_group() as stream_groups:
                 for router in routers.values():
                     await stream_groups.start(router.run)
                 stream_groups.start_soon(
-                    _report_progress, routers, dataset, metrics, stop, progress_seconds
+                    _report_progress,
+                    routers,
+                    dataset,
+                    metrics,
+                    state,
+                    notifier,
+                    stop,
+                    progress_seconds,
                 )
                 sinks: Mapping[StreamName, FrameSink] = {s: r.deliver for s, r in routers.items()}
-                await _run_source(source, sinks, stop, on_ready)
+                await _run_source(source, sinks, stop, ready)
+                state.stopping = True
+                notifier.stopping()
                 log.info("source_stopped", source=source.name)
                 for router in routers.values():
                     router.close()
@@ -133,7 +170,7 @@ async def _run_source(
     source: Source,
     sinks: Mapping[StreamName, FrameSink],
     stop: anyio.Event,
-    on_ready: Callable[[], None] | None,
+    on_ready: Callable[[], None],
 ) -> None:
     """Run the source until it ends or `stop` is set, whichever comes first."""
     async with anyio.create_task_group() as group:
@@ -149,8 +186,7 @@ async def _run_source(
         group.start_soon(cancel_on_stop)
         await group.start(read)
         log.info("streams_ready", streams=list(sinks))
-        if on_ready is not None:
-            on_ready()
+        on_ready()
 
 
 async def _stop_after(stop: anyio.Event, seconds: float) -> None:
@@ -181,10 +217,12 @@ async def _report_progress(
     routers: Mapping[StreamName, StreamRouter],
     dataset: Dataset,
     metrics: Metrics,
+    state: DaemonState,
+    notifier: Notifier,
     stop: anyio.Event,
     every: float,
 ) -> None:
-    """One structured line per stream every `every` seconds while running."""
+    """One structured line per stream every `every` seconds while running; STATUS= for systemd."""
     last = {stream: 0.0 for stream in routers}
     while not stop.is_set():
         with anyio.move_on_after(every):
@@ -207,6 +245,7 @@ async def _report_progress(
                 errors=int(metrics.symbol_failures.get(stream)),
             )
             last[stream] = total
+        notifier.status(state.summary())
 
 
 def _result(

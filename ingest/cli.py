@@ -8,6 +8,7 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -16,9 +17,19 @@ import anyio
 
 from ingest import __version__
 from ingest.app import RunResult, run_daemon
-from ingest.config import Settings, StreamName, load_settings, parse_streams
+from ingest.config import (
+    Settings,
+    StreamName,
+    check_streams,
+    load_settings,
+    parse_shard,
+    parse_streams,
+    shard_settings,
+)
 from ingest.errors import ConfigError, CredentialsError, IngestError
 from ingest.logconfig import configure_logging
+from ingest.sdnotify import Notifier
+from ingest.status_cli import DEFAULT_URL, status_command
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -54,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", type=Path)
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--log-format", choices=("console", "json"), default=None)
+    run.add_argument("--shard", help="i/n (or i-n): run shard i of n, by a stable hash of symbols")
+
+    status = commands.add_parser("status", help="ask a running daemon for its status")
+    status.add_argument(
+        "--url", default=DEFAULT_URL, help=f"daemon address (default {DEFAULT_URL})"
+    )
+    status.add_argument("--token", help="bearer token (default: $INGEST_TOKEN)")
 
     check = commands.add_parser("check-config", help="validate and print the configuration")
     check.add_argument("--config", type=Path)
@@ -72,9 +90,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         ingest = _replace(ingest, source=args.source)
     if getattr(args, "data_dir", None):
         ingest = _replace(ingest, data_dir=args.data_dir)
-    settings = settings.replace(ingest=ingest)
-    from ingest.config import check_streams
-
+    if getattr(args, "shard", None):
+        ingest = _replace(ingest, shard=parse_shard("--shard", args.shard))
+    settings = shard_settings(settings.replace(ingest=ingest))
     if ingest.source != "replay":
         check_streams(settings)
     return settings
@@ -122,15 +140,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_format or "auto")
     source = _source(settings, args)
     interactive = sys.stdout.isatty()
-    result = anyio.run(
-        lambda: run_daemon(
-            settings,
-            source,
-            duration=args.duration,
-            handle_signals=True,
-            progress_seconds=5.0 if interactive else 30.0,
+    with Notifier.from_env() as notifier:
+        result = anyio.run(
+            lambda: run_daemon(
+                settings,
+                source,
+                duration=args.duration,
+                handle_signals=True,
+                notifier=notifier,
+                progress_seconds=5.0 if interactive else 30.0,
+            )
         )
-    )
     print(format_summary(result))
     return EXIT_OK
 
@@ -155,6 +175,10 @@ def format_summary(result: RunResult) -> str:
         f"query: duckdb -c \"select count(*) from read_parquet('{glob}', hive_partitioning=true)\""
     )
     return "\n".join(lines)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    return status_command(args.url, args.token or os.environ.get("INGEST_TOKEN"))
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -209,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = EXIT_OK
     try:
         args = _parser().parse_args(argv)
-        handler = {"run": _cmd_run, "check-config": _cmd_check_config}[args.command]
+        handler = {"run": _cmd_run, "check-config": _cmd_check_config, "status": _cmd_status}[
+            args.command
+        ]
         code = handler(args)
     except* ConfigError as group:
         code = _fail(group, EXIT_USAGE)

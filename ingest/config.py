@@ -11,6 +11,7 @@ import dataclasses
 import math
 import re
 import tomllib
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
@@ -37,8 +38,11 @@ __all__ = [
     "load_settings",
     "parse_bar_spec",
     "parse_duration",
+    "parse_shard",
     "parse_streams",
     "settings_from_mapping",
+    "shard_of",
+    "shard_settings",
 ]
 
 StreamName = Literal["stocks", "crypto", "options", "news"]
@@ -582,6 +586,50 @@ def check_streams(settings: Settings) -> None:
                 f"the enabled stream {name!r} needs at least one of {', '.join(CHANNELS[name])}"
             )
             raise ConfigError(msg)
+
+
+def parse_shard(key: str, value: object) -> tuple[int, int]:
+    """`i/n` or `i-n` (systemd instance names cannot hold `/`) with 0 <= i < n."""
+    text = _str(key, value)
+    match = re.fullmatch(r"(\d+)[/-](\d+)", text.strip())
+    if match is None or not int(match.group(1)) < int(match.group(2)):
+        raise _fail(key, value, "'i/n' (or 'i-n') with 0 <= i < n, e.g. '0/4'")
+    return int(match.group(1)), int(match.group(2))
+
+
+def shard_of(symbol: str, count: int) -> int:
+    """The shard a symbol belongs to: a hash that is stable across processes and machines."""
+    return zlib.crc32(symbol.encode()) % count
+
+
+def shard_settings(settings: Settings) -> Settings:
+    """Keep only this shard's symbols (and option underlyings); wildcards stay on shard 0."""
+    index, count = settings.ingest.shard
+    if count == 1:
+        return settings
+
+    def mine(symbols: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(
+            s
+            for s in symbols
+            if (s == "*" and index == 0) or (s != "*" and shard_of(s, count) == index)
+        )
+
+    streams: dict[StreamName, StreamSettings] = {}
+    for name, stream in settings.streams.items():
+        if isinstance(stream, OptionsSettings):
+            streams[name] = dataclasses.replace(
+                stream, symbols=mine(stream.symbols), underlyings=mine(stream.underlyings)
+            )
+        else:
+            streams[name] = dataclasses.replace(stream, symbols=mine(stream.symbols))
+    enabled = tuple(
+        name
+        for name in settings.ingest.streams
+        if streams[name].symbols or getattr(streams[name], "underlyings", ())
+    )
+    ingest = dataclasses.replace(settings.ingest, streams=enabled)
+    return settings.replace(streams=streams, ingest=ingest)
 
 
 def load_settings(path: Path | None) -> Settings:
