@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
@@ -54,20 +55,12 @@ def parse_timestamps(values: Sequence[str]) -> pa.Array[Any]:
     return pa.array(values, pa.string()).cast(TIMESTAMP)
 
 
-def _recv(records: Sequence[Any]) -> pa.Array[Any]:
-    return pa.array([r.recv_ns for r in records], TIMESTAMP)
-
-
 def _build(schema: pa.Schema, columns: dict[str, Any]) -> pa.Table:
     arrays = []
     for f in schema:
         value = columns[f.name]
         arrays.append(value if isinstance(value, pa.Array) else pa.array(value, f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _symbols(records: Sequence[Any]) -> pa.Array[Any]:
-    return pa.array([r.S for r in records], pa.string()).dictionary_encode()
 
 
 # --- schemas -----------------------------------------------------------------------------------
@@ -198,243 +191,170 @@ ARTICLES: Final = pa.schema(_ARTICLE_FIELDS)
 
 # --- converters --------------------------------------------------------------------------------
 
-
-def _stock_trades(rs: Sequence[m.StockTrade]) -> pa.Table:
-    return _build(
-        TRADES,
-        {
-            "symbol": _symbols(rs),
-            "ts": parse_timestamps([r.t for r in rs]),
-            "price": [r.p for r in rs],
-            "size": [r.s for r in rs],
-            "trade_id": [r.i for r in rs],
-            "exchange": [r.x for r in rs],
-            "conditions": [r.c for r in rs],
-            "tape": [r.z for r in rs],
-            "taker_side": pa.nulls(len(rs), pa.string()),
-            "recv_ts": _recv(rs),
-        },
-    )
+Column = str | Callable[[Sequence[Any]], Any] | None
+"""Where a column comes from: a record attribute, a function of all records, or nulls."""
 
 
-def _crypto_trades(rs: Sequence[m.CryptoTrade]) -> pa.Table:
-    n = len(rs)
-    return _build(
-        TRADES,
-        {
-            "symbol": _symbols(rs),
-            "ts": parse_timestamps([r.t for r in rs]),
-            "price": [r.p for r in rs],
-            "size": [r.s for r in rs],
-            "trade_id": [r.i for r in rs],
-            "exchange": pa.nulls(n, pa.string()),
-            "conditions": pa.nulls(n, STRINGS),
-            "tape": pa.nulls(n, pa.string()),
-            "taker_side": [r.tks or None for r in rs],
-            "recv_ts": _recv(rs),
-        },
-    )
-
-
-def _occ_columns(rs: Sequence[m.OptionTrade] | Sequence[m.OptionQuote]) -> dict[str, list[Any]]:
-    parsed = [parse_occ(r.S) for r in rs]
-    return {
-        "underlying": [p.underlying if p else None for p in parsed],
-        "expiration": [p.expiration if p else None for p in parsed],
-        "right": [p.right if p else None for p in parsed],
-        "strike": [p.strike if p else None for p in parsed],
+def _market(schema: pa.Schema, columns: dict[str, Column]) -> Converter:
+    """A converter for records with `S` and `t`: symbol, ts and recv_ts plus `columns`."""
+    attributes = {
+        name: attrgetter(source) for name, source in columns.items() if isinstance(source, str)
     }
 
+    def convert(rs: Sequence[Any]) -> pa.Table:
+        built: dict[str, Any] = {
+            "symbol": pa.array(list(map(_SYMBOL, rs)), pa.string()).dictionary_encode(),
+            "ts": parse_timestamps(list(map(_TIME, rs))),
+            "recv_ts": pa.array(list(map(_RECV, rs)), TIMESTAMP),
+        }
+        for name, source in columns.items():
+            if source is None:
+                built[name] = pa.nulls(len(rs), schema.field(name).type)
+            elif isinstance(source, str):
+                built[name] = list(map(attributes[name], rs))
+            else:
+                built[name] = source(rs)
+        return _build(schema, built)
 
-def _option_trades(rs: Sequence[m.OptionTrade]) -> pa.Table:
-    n = len(rs)
-    return _build(
-        OPTION_TRADES,
-        {
-            "symbol": _symbols(rs),
-            "ts": parse_timestamps([r.t for r in rs]),
-            "price": [r.p for r in rs],
-            "size": [r.s for r in rs],
-            "trade_id": pa.nulls(n, pa.int64()),
-            "exchange": [r.x for r in rs],
-            "conditions": [[r.c] if r.c else [] for r in rs],
-            "tape": pa.nulls(n, pa.string()),
-            "taker_side": pa.nulls(n, pa.string()),
-            **_occ_columns(rs),
-            "recv_ts": _recv(rs),
-        },
-    )
+    return convert
 
 
-def _quote_columns(rs: Sequence[Any]) -> dict[str, Any]:
-    return {
-        "symbol": _symbols(rs),
-        "ts": parse_timestamps([r.t for r in rs]),
-        "bid_price": [r.bp for r in rs],
-        "bid_size": [r.bs for r in rs],
-        "ask_price": [r.ap for r in rs],
-        "ask_size": [r.as_ for r in rs],
-        "recv_ts": _recv(rs),
-    }
+_SYMBOL: Final = attrgetter("S")
+_TIME: Final = attrgetter("t")
+_RECV: Final = attrgetter("recv_ns")
 
 
-def _stock_quotes(rs: Sequence[m.StockQuote]) -> pa.Table:
-    return _build(
-        QUOTES,
-        {
-            **_quote_columns(rs),
-            "bid_exchange": [r.bx for r in rs],
-            "ask_exchange": [r.ax for r in rs],
-            "conditions": [r.c for r in rs],
-            "tape": [r.z for r in rs],
-        },
-    )
+def _one_condition(rs: Sequence[Any]) -> list[list[str]]:
+    """Options carry a single condition string; the table keeps the list type of stocks."""
+    return [[r.c] if r.c else [] for r in rs]
 
 
-def _crypto_quotes(rs: Sequence[m.CryptoQuote]) -> pa.Table:
-    n = len(rs)
-    return _build(
-        QUOTES,
-        {
-            **_quote_columns(rs),
-            "bid_exchange": pa.nulls(n, pa.string()),
-            "ask_exchange": pa.nulls(n, pa.string()),
-            "conditions": pa.nulls(n, STRINGS),
-            "tape": pa.nulls(n, pa.string()),
-        },
-    )
+def _occ(part: str) -> Callable[[Sequence[Any]], list[Any]]:
+    def column(rs: Sequence[Any]) -> list[Any]:
+        return [getattr(p, part) if (p := parse_occ(r.S)) else None for r in rs]
+
+    return column
 
 
-def _option_quotes(rs: Sequence[m.OptionQuote]) -> pa.Table:
-    return _build(
-        OPTION_QUOTES,
-        {
-            **_quote_columns(rs),
-            "bid_exchange": [r.bx for r in rs],
-            "ask_exchange": [r.ax for r in rs],
-            "conditions": [[r.c] if r.c else [] for r in rs],
-            "tape": pa.nulls(len(rs), pa.string()),
-            **_occ_columns(rs),
-        },
-    )
-
-
+_OCC: Final[dict[str, Column]] = {name: _occ(name) for name, _ in _OCC_FIELDS}
 _BAR_KIND: Final = {m.MinuteBar: "minute", m.UpdatedBar: "updated", m.DailyBar: "daily"}
+_QUOTE: Final[dict[str, Column]] = {
+    "bid_price": "bp",
+    "bid_size": "bs",
+    "ask_price": "ap",
+    "ask_size": "as_",
+}
+
+_stock_trades = _market(
+    TRADES,
+    {
+        "price": "p",
+        "size": "s",
+        "trade_id": "i",
+        "exchange": "x",
+        "conditions": "c",
+        "tape": "z",
+        "taker_side": None,
+    },
+)
+_crypto_trades = _market(
+    TRADES,
+    {
+        "price": "p",
+        "size": "s",
+        "trade_id": "i",
+        "exchange": None,
+        "conditions": None,
+        "tape": None,
+        "taker_side": lambda rs: [r.tks or None for r in rs],
+    },
+)
+_option_trades = _market(
+    OPTION_TRADES,
+    {
+        "price": "p",
+        "size": "s",
+        "trade_id": None,
+        "exchange": "x",
+        "conditions": _one_condition,
+        "tape": None,
+        "taker_side": None,
+        **_OCC,
+    },
+)
+_stock_quotes = _market(
+    QUOTES,
+    {**_QUOTE, "bid_exchange": "bx", "ask_exchange": "ax", "conditions": "c", "tape": "z"},
+)
+_crypto_quotes = _market(
+    QUOTES,
+    {**_QUOTE, "bid_exchange": None, "ask_exchange": None, "conditions": None, "tape": None},
+)
+_option_quotes = _market(
+    OPTION_QUOTES,
+    {
+        **_QUOTE,
+        "bid_exchange": "bx",
+        "ask_exchange": "ax",
+        "conditions": _one_condition,
+        "tape": None,
+        **_OCC,
+    },
+)
+_vendor_bars = _market(
+    VENDOR_BARS,
+    {
+        "bar_kind": lambda rs: [_BAR_KIND[type(r)] for r in rs],
+        "open": "o",
+        "high": "h",
+        "low": "l",
+        "close": "c",
+        "volume": "v",
+        "trade_count": "n",
+        "vwap": "vw",
+    },
+)
+_statuses = _market(
+    STATUSES,
+    {
+        "status_code": "sc",
+        "status_message": "sm",
+        "reason_code": "rc",
+        "reason_message": "rm",
+        "tape": "z",
+    },
+)
+_lulds = _market(LULDS, {"limit_up": "u", "limit_down": "d", "indicator": "i", "tape": "z"})
+_corrections = _market(
+    CORRECTIONS,
+    {
+        "exchange": "x",
+        "orig_trade_id": "oi",
+        "orig_price": "op",
+        "orig_size": "os",
+        "orig_conditions": "oc",
+        "corr_trade_id": "ci",
+        "corr_price": "cp",
+        "corr_size": "cs",
+        "corr_conditions": "cc",
+        "tape": "z",
+    },
+)
+_cancels = _market(
+    CANCELS,
+    {"trade_id": "i", "exchange": "x", "price": "p", "size": "s", "action": "a", "tape": "z"},
+)
+_imbalances = _market(IMBALANCES, {"price": "p", "tape": "z"})
 
 
-def _vendor_bars(rs: Sequence[m.MinuteBar]) -> pa.Table:
-    return _build(
-        VENDOR_BARS,
-        {
-            "symbol": _symbols(rs),
-            "ts": parse_timestamps([r.t for r in rs]),
-            "bar_kind": [_BAR_KIND[type(r)] for r in rs],
-            "open": [r.o for r in rs],
-            "high": [r.h for r in rs],
-            "low": [r.l for r in rs],
-            "close": [r.c for r in rs],
-            "volume": [r.v for r in rs],
-            "trade_count": [r.n for r in rs],
-            "vwap": [r.vw for r in rs],
-            "recv_ts": _recv(rs),
-        },
-    )
+def _levels(side: str) -> Callable[[Sequence[Any]], list[Any]]:
+    def column(rs: Sequence[Any]) -> list[Any]:
+        return [[{"price": lv.p, "size": lv.s} for lv in getattr(r, side)] for r in rs]
+
+    return column
 
 
-def _statuses(rs: Sequence[m.TradingStatus]) -> pa.Table:
-    return _build(
-        STATUSES,
-        {
-            "symbol": _symbols(rs),
-            "ts": parse_timestamps([r.t for r in rs]),
-            "status_code": [r.sc for r in rs],
-            "status_message": [r.sm for r in rs],
-            "reason_code": [r.rc for r in rs],
-            "reason_message": [r.rm for r in rs],
-            "tape": [r.z for r in rs],
-            "recv_ts": _recv(rs),
-        },
-    )
-
-
-def _lulds(rs: Sequence[m.Luld]) -> pa.Table:
-    return _build(
-        LULDS,
-        {
-            "symbol": _symbols(rs),
-            "ts": parse_timestamps([r.t for r in rs]),
-            "limit_up": [r.u for r in rs],
-            "limit_down": [r.d for r in rs],
-            "indicator": [r.i for r in rs],
-            "tape": [r.z for r in rs],
-            "recv_ts": _recv(rs),
-        },
-    )
-
-
-def _corrections(rs: Sequence[m.Correction]) -> pa.Table:
-    return _build(
-        CORRECTIONS,
-        {
-            "symbol": _symbols(rs),
-            "ts": parse_timestamps([r.t for r in rs]),
-            "exchange": [r.x for r in rs],
-            "orig_trade_id": [r.oi for r in rs],
-            "orig_price": [r.op for r in rs],
-            "orig_size": [r.os for r in rs],
-            "orig_conditions": [r.oc for r in rs],
-            "corr_trade_id": [r.ci for r in rs],
-            "corr_price": [r.cp for r in rs],
-            "corr_size": [r.cs for r in rs],
-            "corr_conditions": [r.cc for r in rs],
-            "tape": [r.z for r in rs],
-            "recv_ts": _recv(rs),
-        },
-    )
-
-
-def _cancels(rs: Sequence[m.CancelError]) -> pa.Table:
-    return _build(
-        CANCELS,
-        {
-            "symbol": _symbols(rs),
-            "ts": parse_timestamps([r.t for r in rs]),
-            "trade_id": [r.i for r in rs],
-            "exchange": [r.x for r in rs],
-            "price": [r.p for r in rs],
-            "size": [r.s for r in rs],
-            "action": [r.a for r in rs],
-            "tape": [r.z for r in rs],
-            "recv_ts": _recv(rs),
-        },
-    )
-
-
-def _imbalances(rs: Sequence[m.Imbalance]) -> pa.Table:
-    return _build(
-        IMBALANCES,
-        {
-            "symbol": _symbols(rs),
-            "ts": parse_timestamps([r.t for r in rs]),
-            "price": [r.p for r in rs],
-            "tape": [r.z for r in rs],
-            "recv_ts": _recv(rs),
-        },
-    )
-
-
-def _orderbooks(rs: Sequence[m.Orderbook]) -> pa.Table:
-    return _build(
-        ORDERBOOKS,
-        {
-            "symbol": _symbols(rs),
-            "ts": parse_timestamps([r.t for r in rs]),
-            "bids": [[{"price": lv.p, "size": lv.s} for lv in r.b] for r in rs],
-            "asks": [[{"price": lv.p, "size": lv.s} for lv in r.a] for r in rs],
-            "reset": [r.r for r in rs],
-            "recv_ts": _recv(rs),
-        },
-    )
+_orderbooks = _market(ORDERBOOKS, {"bids": _levels("b"), "asks": _levels("a"), "reset": "r"})
 
 
 def _articles(rs: Sequence[m.NewsArticle]) -> pa.Table:
@@ -451,7 +371,7 @@ def _articles(rs: Sequence[m.NewsArticle]) -> pa.Table:
             "created_at": parse_timestamps([r.created_at for r in rs]),
             "updated_at": parse_timestamps([r.updated_at for r in rs]),
             "content": [r.content for r in rs],
-            "recv_ts": _recv(rs),
+            "recv_ts": pa.array([r.recv_ns for r in rs], TIMESTAMP),
         },
     )
 
