@@ -1,0 +1,198 @@
+"""Indicators on one bar series' closes, with TA-Lib's definitions and warm-up lengths.
+
+Bars are rare next to trades, so this is plain Python on floats, one `update` per closed bar.
+Every value is None until its window is full; after that it matches TA-Lib (SMA, EMA, RSI, MOM)
+or numpy's population standard deviation (volatility, z-score) to rounding:
+
+==============  ===============================================  ======================
+column          definition                                       first value (bar index)
+==============  ===============================================  ======================
+sma_n           mean of the last n closes                        n - 1
+ema_n           seeded with sma_n of the first n closes, then    n - 1
+                ``ema += (close - ema) * 2 / (n + 1)``
+rsi_n           Wilder: gains and losses averaged over the       n
+                first n changes, then smoothed by (n - 1) / n
+volatility_n    population std of the last n log returns         n
+momentum_n      close - close n bars ago                         n
+zscore_n        (close - sma_n) / population std of n closes     n - 1
+==============  ===============================================  ======================
+
+Two deliberate differences from TA-Lib, both where TA-Lib would invent a number: RSI is None
+(TA-Lib: 0) when the average gain and loss are both zero, and the z-score is None when the
+closes in its window are all equal.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ingest.config import PipelineSettings
+
+__all__ = ["IndicatorState", "indicator_columns", "session_vwap_hlc3"]
+
+_DAY_NS = 86_400 * 1_000_000_000
+
+
+def indicator_columns(settings: PipelineSettings) -> tuple[str, ...]:
+    """Float indicator columns of the `bars` table, named after their windows (`sma_20`)."""
+    return (
+        *(f"sma_{n}" for n in settings.sma),
+        *(f"ema_{n}" for n in settings.ema),
+        f"rsi_{settings.rsi}",
+        f"volatility_{settings.volatility}",
+        f"momentum_{settings.momentum}",
+        f"zscore_{settings.zscore}",
+    )
+
+
+def _mean_pstd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation, two-pass with exact sums."""
+    n = len(values)
+    mean = math.fsum(values) / n
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / n)
+
+
+class IndicatorState:
+    """Indicator history of one bar series; `update` takes each closed bar's close."""
+
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._sma = tuple(settings.sma)
+        self._ema_n = tuple(settings.ema)
+        self._rsi_n = settings.rsi
+        self._vol_n = settings.volatility
+        self._mom_n = settings.momentum
+        self._z_n = settings.zscore
+        self.columns = indicator_columns(settings)
+        longest = max((*self._sma, *self._ema_n, self._z_n, self._mom_n + 1, 1))
+        self._closes: deque[float] = deque(maxlen=longest)
+        self._count = 0
+        self._ema: list[float | None] = [None] * len(self._ema_n)
+        self._gain = self._loss = 0.0
+        self._returns: deque[float | None] = deque(maxlen=self._vol_n)
+        # Trend inputs: the spec's sma_20, ema_12 and ema_26, or the nearest configured windows.
+        self._trend_sma = (20 if 20 in self._sma else max(self._sma)) if self._sma else None
+        distinct = sorted(set(self._ema_n))
+        self._trend_fast = (12 if 12 in distinct else distinct[0]) if len(distinct) > 1 else None
+        self._trend_slow = (26 if 26 in distinct else distinct[-1]) if len(distinct) > 1 else None
+
+    def update(self, close: float) -> tuple[dict[str, float | None], str | None]:
+        """Advance by one bar; its indicator values by column name, and its trend label."""
+        closes = self._closes
+        previous = closes[-1] if closes else None
+        closes.append(close)
+        self._count += 1
+        count = self._count
+        history = list(closes)
+        values: dict[str, float | None] = {}
+        smas: dict[int, float | None] = {}
+        for n in self._sma:
+            smas[n] = math.fsum(history[-n:]) / n if count >= n else None
+            values[f"sma_{n}"] = smas[n]
+        emas: dict[int, float | None] = {}
+        for i, n in enumerate(self._ema_n):
+            ema = self._ema[i]
+            if ema is not None:
+                ema = (close - ema) * (2.0 / (n + 1)) + ema
+            elif count == n:
+                ema = math.fsum(history[-n:]) / n
+            self._ema[i] = emas[n] = ema
+            values[f"ema_{n}"] = ema
+        rsi = self._update_rsi(close, previous)
+        values[f"rsi_{self._rsi_n}"] = rsi
+        values[f"volatility_{self._vol_n}"] = self._update_volatility(close, previous)
+        values[f"momentum_{self._mom_n}"] = (
+            close - history[-1 - self._mom_n] if count > self._mom_n else None
+        )
+        values[f"zscore_{self._z_n}"] = self._zscore(close, history)
+        return values, self._trend(close, rsi, smas, emas)
+
+    def _update_rsi(self, close: float, previous: float | None) -> float | None:
+        n = self._rsi_n
+        if previous is None:
+            return None
+        change = close - previous
+        gain, loss = (change, 0.0) if change > 0 else (0.0, -change)
+        if self._count <= n + 1:  # TA-Lib: plain sums of the first n changes, then / n
+            self._gain += gain
+            self._loss += loss
+            if self._count < n + 1:
+                return None
+            self._gain /= n
+            self._loss /= n
+        else:
+            self._gain = (self._gain * (n - 1) + gain) / n
+            self._loss = (self._loss * (n - 1) + loss) / n
+        total = self._gain + self._loss
+        return 100.0 * (self._gain / total) if total != 0 else None
+
+    def _update_volatility(self, close: float, previous: float | None) -> float | None:
+        if previous is None:
+            return None
+        ok = previous > 0 and close > 0
+        self._returns.append(math.log(close / previous) if ok else None)
+        returns = self._returns
+        if len(returns) < self._vol_n or None in returns:
+            return None
+        return _mean_pstd([r for r in returns if r is not None])[1]
+
+    def _zscore(self, close: float, history: list[float]) -> float | None:
+        n = self._z_n
+        if self._count < n:
+            return None
+        mean, std = _mean_pstd(history[-n:])
+        return (close - mean) / std if std > 0 else None
+
+    def _trend(
+        self,
+        close: float,
+        rsi: float | None,
+        smas: dict[int, float | None],
+        emas: dict[int, float | None],
+    ) -> str | None:
+        if self._trend_sma is None or self._trend_fast is None or self._trend_slow is None:
+            return None
+        sma = smas[self._trend_sma]
+        fast, slow = emas[self._trend_fast], emas[self._trend_slow]
+        if sma is None or fast is None or slow is None or self._count <= self._rsi_n:
+            return None  # some input is still warming up
+        if rsi is not None and rsi >= 70.0:
+            return "OVERBOUGHT"
+        if rsi is not None and rsi <= 30.0:
+            return "OVERSOLD"
+        if close > sma and fast > slow:
+            return "BULLISH"
+        if close < sma and fast < slow:
+            return "BEARISH"
+        return "NEUTRAL"
+
+
+def session_vwap_hlc3(
+    ts: npt.NDArray[np.int64],
+    high: npt.NDArray[np.float64],
+    low: npt.NDArray[np.float64],
+    close: npt.NDArray[np.float64],
+    volume: npt.NDArray[np.float64],
+) -> npt.NDArray[np.float64]:
+    """Bar-level session VWAP: volume-weighted (H + L + C) / 3, restarting each UTC day.
+
+    The pipeline itself reports the exact trade-level session VWAP; this is the approximation
+    charting tools draw from bars alone, kept for comparisons. NaN where the day has no volume yet.
+    """
+    typical = (high + low + close) / 3.0
+    out = np.full(len(ts), np.nan)
+    days = ts // _DAY_NS
+    starts = [0, *(np.flatnonzero(days[1:] != days[:-1]) + 1).tolist(), len(ts)]
+    for start, end in itertools.pairwise(starts):
+        notional = np.cumsum(typical[start:end] * volume[start:end])
+        shares = np.cumsum(volume[start:end])
+        np.divide(notional, shares, out=out[start:end], where=shares > 0)
+    return out
