@@ -25,6 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ingest.config import BarSpec
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
 ]
 
 _NS = 1_000_000_000
+_NONE: tuple[()] = ()
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -65,6 +68,10 @@ class TradeSlice:
     pmax: float
     offset: int
     """Arrival sequence number of trade 0 of the slice (orders bars closed in one call)."""
+    cv_end: float
+    """`cv[-1]`, the session volume after the slice, as a Python float."""
+    cpv_end: float
+    last_price: float
 
     def session_vwap(self, i: int) -> float | None:
         """Session VWAP just after trade `i` of the slice."""
@@ -105,7 +112,8 @@ class BarBuilder:
         """Volume and notional of the open bar from earlier sessions (bars can span midnight)."""
         self._s0_v = self._s0_pv = 0.0
         """Session running sums just before the open bar's first trade."""
-        self._sv: float | None = None
+        self._sv_at: tuple[TradeSlice, int] | None = None
+        """Where the session VWAP at the open bar's last trade can be read (computed lazily)."""
         self._s_end_v = self._s_end_pv = 0.0
 
     def reset_session(self) -> None:
@@ -116,7 +124,7 @@ class BarBuilder:
             self._s0_v = self._s0_pv = 0.0
         self._s_end_v = self._s_end_pv = 0.0
 
-    def update(self, trades: TradeSlice) -> list[Bar]:
+    def update(self, trades: TradeSlice) -> Sequence[Bar]:
         """Add a slice of trades; return the bars they closed, oldest first."""
         raise NotImplementedError
 
@@ -151,7 +159,7 @@ class BarBuilder:
             volume=volume,
             trade_count=self._n,
             vwap=notional / volume if volume > 0 else None,
-            session_vwap=self._sv,
+            session_vwap=self._sv_at[0].session_vwap(self._sv_at[1]) if self._sv_at else None,
             seq=seq,
         )
 
@@ -170,9 +178,9 @@ class BarBuilder:
             high, low = float(segment.max()), float(segment.min())
         self._h = max(self._h, high)
         self._l = min(self._l, low)
-        self._c = float(trades.price[end - 1])
+        self._c = trades.last_price if end == len(trades.ts) else float(trades.price[end - 1])
         self._n += end - start
-        self._sv = trades.session_vwap(end - 1)
+        self._sv_at = (trades, end - 1)
 
 
 class TimeBarBuilder(BarBuilder):
@@ -202,17 +210,21 @@ class TimeBarBuilder(BarBuilder):
         self._bucket = bucket
         self._lv = self._lpv = 0.0
 
-    def update(self, trades: TradeSlice) -> list[Bar]:
+    def update(self, trades: TradeSlice) -> Sequence[Bar]:
         """Add a slice of trades; return the bars closed by trades of later buckets."""
         self.late_mask = None
-        m = len(trades.ts)
-        self._s_end_v = float(trades.cv[m])
-        self._s_end_pv = float(trades.cpv[m])
+        self._s_end_v = trades.cv_end
+        self._s_end_pv = trades.cpv_end
         lo = self._bucket * self._width
         if self._seen and trades.tmin >= lo and trades.tmax < lo + self._width:
-            self._absorb(trades, 0, m)  # the common case: the whole slice is in the open bucket
-            return []
-        return self._update_slow(trades, m)
+            # The common case: the whole slice falls into the open bucket.
+            self._h = max(self._h, trades.pmax)
+            self._l = min(self._l, trades.pmin)
+            self._c = trades.last_price
+            self._n += len(trades.ts)
+            self._sv_at = (trades, len(trades.ts) - 1)
+            return _NONE
+        return self._update_slow(trades, len(trades.ts))
 
     def _update_slow(self, trades: TradeSlice, m: int) -> list[Bar]:
         buckets = trades.ts // self._width
@@ -268,7 +280,7 @@ class TimeBarBuilder(BarBuilder):
             last = int(keep[-1])
             self._c = float(trades.price[last])
             self._n += len(keep)
-            self._sv = trades.session_vwap(last)
+            self._sv_at = (trades, last)
 
 
 class CountBarBuilder(BarBuilder):
@@ -280,11 +292,25 @@ class CountBarBuilder(BarBuilder):
         self._threshold = threshold
         self._ticks = int(threshold)
 
-    def update(self, trades: TradeSlice) -> list[Bar]:
+    def update(self, trades: TradeSlice) -> Sequence[Bar]:
         """Add a slice of trades; return the bars whose threshold they reached."""
         m = len(trades.ts)
-        self._s_end_v = float(trades.cv[m])
-        self._s_end_pv = float(trades.cpv[m])
+        self._s_end_v = trades.cv_end
+        self._s_end_pv = trades.cpv_end
+        if self._open:
+            if self._kind == "tick":
+                fills = self._n + m >= self._ticks
+            elif self._kind == "volume":
+                fills = (trades.cv_end - self._s0_v) + self._base_v >= self._threshold
+            else:
+                fills = (trades.cpv_end - self._s0_pv) + self._base_pv >= self._threshold
+            if not fills:  # the common case: the slice does not fill the open bar
+                self._h = max(self._h, trades.pmax)
+                self._l = min(self._l, trades.pmin)
+                self._c = trades.last_price
+                self._n += m
+                self._sv_at = (trades, m - 1)
+                return _NONE
         closed: list[Bar] = []
         pos = 0
         while pos < m:
@@ -318,7 +344,7 @@ class CountBarBuilder(BarBuilder):
         else:
             sums, s0, base = trades.cpv, self._s0_pv, self._base_pv
         if (float(sums[m]) - s0) + base < self._threshold:
-            return None  # the common case: the slice does not fill the bar
+            return None
         filled = (sums[pos + 1 : m + 1] - s0) + base
         return pos + int(np.searchsorted(filled, self._threshold, side="left"))
 

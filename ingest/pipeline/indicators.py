@@ -27,14 +27,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from ingest.config import PipelineSettings
 
 __all__ = ["IndicatorState", "indicator_columns", "session_vwap_hlc3"]
@@ -54,11 +52,11 @@ def indicator_columns(settings: PipelineSettings) -> tuple[str, ...]:
     )
 
 
-def _mean_pstd(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation, two-pass with exact sums."""
+def _mean_pstd(values: list[float]) -> tuple[float, float]:
+    """Mean and population standard deviation of a short window, two-pass (no drift)."""
     n = len(values)
-    mean = math.fsum(values) / n
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / n)
+    mean = sum(values) / n
+    return mean, math.sqrt(sum([(v - mean) * (v - mean) for v in values]) / n)
 
 
 class IndicatorState:
@@ -84,35 +82,33 @@ class IndicatorState:
         self._trend_fast = (12 if 12 in distinct else distinct[0]) if len(distinct) > 1 else None
         self._trend_slow = (26 if 26 in distinct else distinct[-1]) if len(distinct) > 1 else None
 
-    def update(self, close: float) -> tuple[dict[str, float | None], str | None]:
-        """Advance by one bar; its indicator values by column name, and its trend label."""
+    def update(self, close: float) -> tuple[list[float | None], str | None]:
+        """Advance by one bar; its indicator values in `columns` order, and its trend label."""
         closes = self._closes
         previous = closes[-1] if closes else None
         closes.append(close)
         self._count += 1
         count = self._count
         history = list(closes)
-        values: dict[str, float | None] = {}
+        values: list[float | None] = []
         smas: dict[int, float | None] = {}
         for n in self._sma:
-            smas[n] = math.fsum(history[-n:]) / n if count >= n else None
-            values[f"sma_{n}"] = smas[n]
+            smas[n] = sum(history[-n:]) / n if count >= n else None
+            values.append(smas[n])
         emas: dict[int, float | None] = {}
         for i, n in enumerate(self._ema_n):
             ema = self._ema[i]
             if ema is not None:
                 ema = (close - ema) * (2.0 / (n + 1)) + ema
             elif count == n:
-                ema = math.fsum(history[-n:]) / n
+                ema = sum(history[-n:]) / n
             self._ema[i] = emas[n] = ema
-            values[f"ema_{n}"] = ema
+            values.append(ema)
         rsi = self._update_rsi(close, previous)
-        values[f"rsi_{self._rsi_n}"] = rsi
-        values[f"volatility_{self._vol_n}"] = self._update_volatility(close, previous)
-        values[f"momentum_{self._mom_n}"] = (
-            close - history[-1 - self._mom_n] if count > self._mom_n else None
-        )
-        values[f"zscore_{self._z_n}"] = self._zscore(close, history)
+        values.append(rsi)
+        values.append(self._update_volatility(close, previous))
+        values.append(close - history[-1 - self._mom_n] if count > self._mom_n else None)
+        values.append(self._zscore(close, history))
         return values, self._trend(close, rsi, smas, emas)
 
     def _update_rsi(self, close: float, previous: float | None) -> float | None:
@@ -142,7 +138,7 @@ class IndicatorState:
         returns = self._returns
         if len(returns) < self._vol_n or None in returns:
             return None
-        return _mean_pstd([r for r in returns if r is not None])[1]
+        return _mean_pstd(cast("list[float]", list(returns)))[1]
 
     def _zscore(self, close: float, history: list[float]) -> float | None:
         n = self._z_n

@@ -30,6 +30,8 @@ __all__ = ["PipelineOutput", "SymbolPipeline", "indicator_columns"]
 Row = dict[str, Any]
 
 _DAY_NS = 86_400 * 1_000_000_000
+_min = np.minimum.reduce
+_max = np.maximum.reduce
 
 
 @dataclass(slots=True)
@@ -92,7 +94,7 @@ class SymbolPipeline:
         m = len(ts)
         if m == 0:
             return out
-        tmin, tmax = int(ts.min()), int(ts.max())
+        tmin, tmax = int(_min(ts)), int(_max(ts))
         day = self._day
         if day is not None and tmin // _DAY_NS == day and tmax // _DAY_NS == day:
             closed = self._run_slice(ts, price, size, tmin, tmax, 0, None)
@@ -153,8 +155,8 @@ class SymbolPipeline:
                 piece_ts,
                 price[part],
                 size[part],
-                int(piece_ts.min()),
-                int(piece_ts.max()),
+                int(_min(piece_ts)),
+                int(_max(piece_ts)),
                 start,
                 earlier[part] if earlier[part].any() else None,
             )
@@ -187,7 +189,7 @@ class SymbolPipeline:
             np.cumsum(excluded, axis=0, out=excluded)
             self._ev, self._epv = float(excluded[m, 0]), float(excluded[m, 1])
         np.cumsum(sums, axis=0, out=sums)
-        self._cv, self._cpv = float(sums[m, 0]), float(sums[m, 1])
+        self._cv, self._cpv = end_v, end_pv = sums[m].tolist()
         trades = TradeSlice(
             ts=ts,
             price=price,
@@ -198,14 +200,22 @@ class SymbolPipeline:
             epv=None if excluded is None else excluded[:, 1],
             tmin=tmin,
             tmax=tmax,
-            pmin=float(price.min()),
-            pmax=float(price.max()),
+            pmin=float(_min(price)),
+            pmax=float(_max(price)),
             offset=self._seq + start,
+            cv_end=end_v,
+            cpv_end=end_pv,
+            last_price=float(price[m - 1]),
         )
         closed: list[tuple[int, Bar]] = []
         for i, series in enumerate(self._series):
-            closed.extend((i, bar) for bar in series.builder.update(trades))
-        self._count_late()
+            bars = series.builder.update(trades)
+            if bars:
+                closed.extend((i, bar) for bar in bars)
+        for builder in self._time_builders:
+            if builder.late_mask is not None:
+                self._count_late()
+                break
         return closed
 
     def _count_late(self) -> None:
@@ -217,7 +227,7 @@ class SymbolPipeline:
 
     def _row(self, series: _Series, bar: Bar, *, partial: bool) -> Row:
         values, trend = series.indicators.update(bar.close)
-        return {
+        row = {
             "symbol": self.symbol,
             "ts": bar.ts,
             "bar_type": series.kind,
@@ -230,7 +240,8 @@ class SymbolPipeline:
             "trade_count": bar.trade_count,
             "vwap": bar.vwap,
             "partial": partial,
-            **values,
-            "session_vwap": bar.session_vwap,
-            "trend": trend,
         }
+        row.update(zip(series.indicators.columns, values, strict=True))
+        row["session_vwap"] = bar.session_vwap
+        row["trend"] = trend
+        return row
