@@ -72,6 +72,13 @@ class TradeSlice:
     """`cv[-1]`, the session volume after the slice, as a Python float."""
     cpv_end: float
     last_price: float
+    _prices: list[float] | None = None
+
+    def prices(self) -> list[float]:
+        """`price` as Python floats, converted once and only when a bar boundary needs it."""
+        if self._prices is None:
+            self._prices = self.price.tolist()
+        return self._prices
 
     def session_vwap(self, i: int) -> float | None:
         """Session VWAP just after trade `i` of the slice."""
@@ -174,11 +181,11 @@ class BarBuilder:
         if start == 0 and end == len(trades.ts):
             high, low = trades.pmax, trades.pmin
         else:
-            segment = trades.price[start:end]
-            high, low = float(segment.max()), float(segment.min())
+            segment = trades.prices()[start:end]
+            high, low = max(segment), min(segment)
         self._h = max(self._h, high)
         self._l = min(self._l, low)
-        self._c = trades.last_price if end == len(trades.ts) else float(trades.price[end - 1])
+        self._c = trades.last_price if end == len(trades.ts) else trades.prices()[end - 1]
         self._n += end - start
         self._sv_at = (trades, end - 1)
 
@@ -205,7 +212,7 @@ class TimeBarBuilder(BarBuilder):
         return self._lpv
 
     def _begin_bucket(self, trades: TradeSlice, i: int, bucket: int) -> None:
-        price, s0_v, s0_pv = float(trades.price[i]), float(trades.cv[i]), float(trades.cpv[i])
+        price, s0_v, s0_pv = trades.prices()[i], float(trades.cv[i]), float(trades.cpv[i])
         self._begin(bucket * self._width, price, s0_v, s0_pv)
         self._bucket = bucket
         self._lv = self._lpv = 0.0
@@ -317,7 +324,7 @@ class CountBarBuilder(BarBuilder):
             if not self._open:
                 self._begin(
                     int(trades.ts[pos]),
-                    float(trades.price[pos]),
+                    trades.prices()[pos],
                     float(trades.cv[pos]),
                     float(trades.cpv[pos]),
                 )

@@ -101,7 +101,8 @@ class SymbolPipeline:
         else:
             closed = self._run_sessions(ts, price, size)
         if closed:
-            closed.sort(key=lambda item: (item[1].seq, item[0]))
+            if len(closed) > 1:
+                closed.sort(key=lambda item: (item[1].seq, item[0]))
             out.bars = [self._row(self._series[i], bar, partial=False) for i, bar in closed]
         for anomaly in self._anomaly.detect(price):
             out.anomalies.append(
