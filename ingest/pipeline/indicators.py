@@ -81,6 +81,14 @@ class IndicatorState:
         distinct = sorted(set(self._ema_n))
         self._trend_fast = (12 if 12 in distinct else distinct[0]) if len(distinct) > 1 else None
         self._trend_slow = (26 if 26 in distinct else distinct[-1]) if len(distinct) > 1 else None
+        self._trend_at: tuple[int, int, int] | None = None
+        """Positions of the trend's SMA, fast EMA and slow EMA in the values list."""
+        if self._trend_sma and self._trend_fast and self._trend_slow:
+            self._trend_at = (
+                self._sma.index(self._trend_sma),
+                len(self._sma) + self._ema_n.index(self._trend_fast),
+                len(self._sma) + self._ema_n.index(self._trend_slow),
+            )
 
     def update(self, close: float) -> tuple[list[float | None], str | None]:
         """Advance by one bar; its indicator values in `columns` order, and its trend label."""
@@ -90,26 +98,23 @@ class IndicatorState:
         self._count += 1
         count = self._count
         history = list(closes)
-        values: list[float | None] = []
-        smas: dict[int, float | None] = {}
-        for n in self._sma:
-            smas[n] = sum(history[-n:]) / n if count >= n else None
-            values.append(smas[n])
-        emas: dict[int, float | None] = {}
+        values: list[float | None] = [
+            sum(history[-n:]) / n if count >= n else None for n in self._sma
+        ]
         for i, n in enumerate(self._ema_n):
             ema = self._ema[i]
             if ema is not None:
                 ema = (close - ema) * (2.0 / (n + 1)) + ema
             elif count == n:
                 ema = sum(history[-n:]) / n
-            self._ema[i] = emas[n] = ema
+            self._ema[i] = ema
             values.append(ema)
         rsi = self._update_rsi(close, previous)
         values.append(rsi)
         values.append(self._update_volatility(close, previous))
         values.append(close - history[-1 - self._mom_n] if count > self._mom_n else None)
         values.append(self._zscore(close, history))
-        return values, self._trend(close, rsi, smas, emas)
+        return values, self._trend(close, rsi, values)
 
     def _update_rsi(self, close: float, previous: float | None) -> float | None:
         n = self._rsi_n
@@ -151,13 +156,11 @@ class IndicatorState:
         self,
         close: float,
         rsi: float | None,
-        smas: dict[int, float | None],
-        emas: dict[int, float | None],
+        values: list[float | None],
     ) -> str | None:
-        if self._trend_sma is None or self._trend_fast is None or self._trend_slow is None:
+        if self._trend_at is None:
             return None
-        sma = smas[self._trend_sma]
-        fast, slow = emas[self._trend_fast], emas[self._trend_slow]
+        sma, fast, slow = (values[i] for i in self._trend_at)
         if sma is None or fast is None or slow is None or self._count <= self._rsi_n:
             return None  # some input is still warming up
         if rsi is not None and rsi >= 70.0:
