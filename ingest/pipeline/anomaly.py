@@ -3,8 +3,9 @@
 Two methods (`[pipeline] anomaly.method`):
 
 * ``zscore``: ``z = (price - mean) / std`` over the previous `window` prices (population std);
-  flagged when ``|z| > threshold``. A window of equal prices has no spread, so no z-score and
-  no flag.
+  flagged when ``|price - mean| > threshold * std`` (that is ``|z| > threshold``; tested in
+  squared form, so a z-score within an ulp or two of the threshold may fall either way). A
+  window of equal prices has no spread, so no z-score and no flag.
 * ``iqr``: flagged when the price is outside ``[Q1 - k * IQR, Q3 + k * IQR]`` with
   ``k = threshold`` and numpy's default (linear) quartiles of the previous `window` prices; the
   row reports the z-score too (None when the window has no spread).
@@ -16,6 +17,7 @@ depend on which batch it arrived in.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["Anomaly", "AnomalyDetector", "quantile_linear"]
 
 FloatArray = npt.NDArray[np.float64]
+
+_GATHER: dict[int, npt.NDArray[np.intp]] = {}
+"""Gather indices by window length, shared by every symbol (read-only, so cache-friendly)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +73,16 @@ class AnomalyDetector:
         self.threshold = settings.threshold
         self.method = settings.method
         self._recent = RingBuffer(settings.window)
-        self._index = np.zeros((0, settings.window), dtype=np.intp)
+        self._k2_over_n = settings.threshold * settings.threshold / settings.window
 
     def _gather_index(self, rows: int) -> npt.NDArray[np.intp]:
         """Row `r` is `[r, r + window)`: the positions of window `r` in the history array."""
-        if len(self._index) < rows:
-            size = max(rows, 2 * len(self._index), 64)
-            self._index = np.arange(size)[:, None] + np.arange(self.window)[None, :]
-        return self._index[:rows]
+        index = _GATHER.get(self.window)
+        if index is None or len(index) < rows:
+            size = max(rows, 2 * (0 if index is None else len(index)), 64)
+            index = np.arange(size)[:, None] + np.arange(self.window)[None, :]
+            _GATHER[self.window] = index
+        return index[:rows]
 
     def detect(self, price: FloatArray) -> list[Anomaly]:
         """Check a batch of prices (arrival order) against their previous `window` prices."""
@@ -90,12 +97,13 @@ class AnomalyDetector:
         windows = history[self._gather_index(rows)]
         mean = np.add.reduce(windows, axis=1) / n
         deviations = windows - mean[:, None]
-        std = np.sqrt(np.add.reduce(deviations * deviations, axis=1) / n)
+        squares = np.add.reduce(deviations * deviations, axis=1)  # n * variance
         current = history[n:]
-        spread = std > 0
-        z = np.divide(current - mean, std, out=np.zeros(rows), where=spread)
+        distance = current - mean
         if self.method == "zscore":
-            flagged = np.flatnonzero(np.abs(z) > self.threshold)
+            # |distance| > k * std, without a square root or division per trade; equal prices
+            # (squares == 0) are dropped below, with the z-score computed for the few hits only.
+            flagged = np.flatnonzero(distance * distance > squares * self._k2_over_n)
         else:
             ordered = np.sort(windows, axis=1)
             q1 = quantile_linear(ordered, 0.25)
@@ -103,11 +111,11 @@ class AnomalyDetector:
             fence = (q3 - q1) * self.threshold
             flagged = np.flatnonzero((current < q1 - fence) | (current > q3 + fence))
         offset = len(price) - rows  # trades still filling the window come first
-        return [
-            Anomaly(
-                index=int(r) + offset,
-                price=float(current[r]),
-                zscore=float(z[r]) if spread[r] else None,
-            )
-            for r in flagged.tolist()
-        ]
+        hits = []
+        for r in flagged.tolist():
+            spread = float(squares[r])
+            z = float(distance[r]) / math.sqrt(spread / n) if spread > 0 else None
+            if z is None and self.method == "zscore":
+                continue
+            hits.append(Anomaly(index=r + offset, price=float(current[r]), zscore=z))
+        return hits
