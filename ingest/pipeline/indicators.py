@@ -53,10 +53,14 @@ def indicator_columns(settings: PipelineSettings) -> tuple[str, ...]:
 
 
 def _mean_pstd(values: list[float]) -> tuple[float, float]:
-    """Mean and population standard deviation of a short window, two-pass (no drift)."""
+    """Mean and population standard deviation of a short window, two-pass (no drift).
+
+    `math.hypot` sums the squared deviations with extended precision, and is the fastest way
+    to do so in pure Python.
+    """
     n = len(values)
     mean = sum(values) / n
-    return mean, math.sqrt(sum([(v - mean) * (v - mean) for v in values]) / n)
+    return mean, math.hypot(*[v - mean for v in values]) / math.sqrt(n)
 
 
 class IndicatorState:
