@@ -205,6 +205,11 @@ class TimeBarBuilder(BarBuilder):
         self.late_mask: npt.NDArray[np.bool_] | None = None
         """Which trades of the last slice were late (None when none were)."""
 
+    def flush(self) -> Bar | None:
+        """The open bar as it stands; afterwards the series starts afresh with the next trade."""
+        self._seen = False
+        return super().flush()
+
     def _late_v(self) -> float:
         return self._lv
 

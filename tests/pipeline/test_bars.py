@@ -220,6 +220,15 @@ class TestPartialFlush:
             ("dollar", True, 2),
         ]
 
+    def test_trades_after_flush_open_new_bars(self) -> None:
+        """Flush ends every bar; a later trade (even of the same minute) opens a fresh one."""
+        pipeline = SymbolPipeline("X", _settings(BarSpec("time", 60.0, "1m")))
+        _feed(pipeline, [T0 + 1], [10.0], [1.0])
+        pipeline.flush()
+        _feed(pipeline, [T0 + 2], [20.0], [2.0])
+        (bar,) = pipeline.flush().bars
+        assert (bar["ts"], bar["open"], bar["volume"], bar["trade_count"]) == (T0, 20.0, 2.0, 1)
+
     def test_flush_of_an_empty_pipeline_is_empty(self) -> None:
         """No trades, no bars."""
         assert SymbolPipeline("X", PipelineSettings()).flush().bars == []
