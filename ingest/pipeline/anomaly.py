@@ -68,6 +68,8 @@ def quantile_linear(ordered: FloatArray, q: float) -> FloatArray:
 class AnomalyDetector:
     """Flags trades that stand out from the symbol's recent prices."""
 
+    __slots__ = ("_k2_over_n", "_recent", "method", "threshold", "window")
+
     def __init__(self, settings: AnomalySettings) -> None:
         self.window = settings.window
         self.threshold = settings.threshold

@@ -110,6 +110,23 @@ class Bar:
 class BarBuilder:
     """State of the one open bar of a series; subclasses decide where bars end."""
 
+    __slots__ = (
+        "_base_pv",
+        "_base_v",
+        "_c",
+        "_h",
+        "_l",
+        "_n",
+        "_o",
+        "_open",
+        "_s0_pv",
+        "_s0_v",
+        "_s_end_pv",
+        "_s_end_v",
+        "_sv_at",
+        "_ts",
+    )
+
     def __init__(self) -> None:
         self._open = False
         self._ts = 0
@@ -192,6 +209,8 @@ class BarBuilder:
 
 class TimeBarBuilder(BarBuilder):
     """Clock-aligned time bars: a 1-minute bar starts on the minute, UTC."""
+
+    __slots__ = ("_bucket", "_lpv", "_lv", "_seen", "_width", "late_mask", "late_trades")
 
     def __init__(self, seconds: float) -> None:
         super().__init__()
@@ -297,6 +316,8 @@ class TimeBarBuilder(BarBuilder):
 
 class CountBarBuilder(BarBuilder):
     """Tick, volume or dollar bars: a bar closes on the trade that reaches the threshold."""
+
+    __slots__ = ("_kind", "_threshold", "_ticks")
 
     def __init__(self, kind: str, threshold: float) -> None:
         super().__init__()

@@ -66,6 +66,26 @@ def _mean_pstd(values: list[float]) -> tuple[float, float]:
 class IndicatorState:
     """Indicator history of one bar series; `update` takes each closed bar's close."""
 
+    __slots__ = (
+        "_closes",
+        "_count",
+        "_ema",
+        "_ema_n",
+        "_gain",
+        "_loss",
+        "_mom_n",
+        "_returns",
+        "_rsi_n",
+        "_sma",
+        "_trend_at",
+        "_trend_fast",
+        "_trend_slow",
+        "_trend_sma",
+        "_vol_n",
+        "_z_n",
+        "columns",
+    )
+
     def __init__(self, settings: PipelineSettings) -> None:
         self._sma = tuple(settings.sma)
         self._ema_n = tuple(settings.ema)

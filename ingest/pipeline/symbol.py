@@ -61,6 +61,21 @@ class SymbolPipeline:
     trade that closed each bar, then by the configured order of the series.
     """
 
+    __slots__ = (
+        "_anomaly",
+        "_anomaly_fixed",
+        "_cpv",
+        "_cv",
+        "_day",
+        "_epv",
+        "_ev",
+        "_seq",
+        "_series",
+        "_time_builders",
+        "late_trades",
+        "symbol",
+    )
+
     def __init__(self, symbol: str, settings: PipelineSettings) -> None:
         self.symbol = symbol
         self._series = [_Series(spec, settings) for spec in settings.bars]
