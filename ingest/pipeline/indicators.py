@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import deque
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -72,6 +71,7 @@ class IndicatorState:
         "_ema",
         "_ema_n",
         "_gain",
+        "_keep",
         "_loss",
         "_mom_n",
         "_returns",
@@ -82,6 +82,7 @@ class IndicatorState:
         "_trend_slow",
         "_trend_sma",
         "_vol_n",
+        "_z_from_sma",
         "_z_n",
         "columns",
     )
@@ -94,12 +95,15 @@ class IndicatorState:
         self._mom_n = settings.momentum
         self._z_n = settings.zscore
         self.columns = indicator_columns(settings)
-        longest = max((*self._sma, *self._ema_n, self._z_n, self._mom_n + 1, 1))
-        self._closes: deque[float] = deque(maxlen=longest)
+        self._keep = max((*self._sma, *self._ema_n, self._z_n, self._mom_n + 1, 1))
+        self._closes: list[float] = []
+        """The last `_keep` closes (up to twice that before a trim, which keeps appends O(1))."""
         self._count = 0
         self._ema: list[float | None] = [None] * len(self._ema_n)
         self._gain = self._loss = 0.0
-        self._returns: deque[float | None] = deque(maxlen=self._vol_n)
+        self._returns: list[float] = []
+        """Log returns since the last non-positive close, trimmed like `_closes`."""
+        self._z_from_sma = self._sma.index(self._z_n) if self._z_n in self._sma else None
         # Trend inputs: the spec's sma_20, ema_12 and ema_26, or the nearest configured windows.
         self._trend_sma = (20 if 20 in self._sma else max(self._sma)) if self._sma else None
         distinct = sorted(set(self._ema_n))
@@ -119,25 +123,26 @@ class IndicatorState:
         closes = self._closes
         previous = closes[-1] if closes else None
         closes.append(close)
+        if len(closes) > 2 * self._keep:
+            del closes[: -self._keep]
         self._count += 1
         count = self._count
-        history = list(closes)
         values: list[float | None] = [
-            sum(history[-n:]) / n if count >= n else None for n in self._sma
+            sum(closes[-n:]) / n if count >= n else None for n in self._sma
         ]
         for i, n in enumerate(self._ema_n):
             ema = self._ema[i]
             if ema is not None:
                 ema = (close - ema) * (2.0 / (n + 1)) + ema
             elif count == n:
-                ema = sum(history[-n:]) / n
+                ema = sum(closes[-n:]) / n
             self._ema[i] = ema
             values.append(ema)
         rsi = self._update_rsi(close, previous)
         values.append(rsi)
         values.append(self._update_volatility(close, previous))
-        values.append(close - history[-1 - self._mom_n] if count > self._mom_n else None)
-        values.append(self._zscore(close, history))
+        values.append(close - closes[-1 - self._mom_n] if count > self._mom_n else None)
+        values.append(self._zscore(close, values))
         return values, self._trend(close, rsi, values)
 
     def _update_rsi(self, close: float, previous: float | None) -> float | None:
@@ -162,18 +167,26 @@ class IndicatorState:
     def _update_volatility(self, close: float, previous: float | None) -> float | None:
         if previous is None:
             return None
-        ok = previous > 0 and close > 0
-        self._returns.append(math.log(close / previous) if ok else None)
         returns = self._returns
-        if len(returns) < self._vol_n or None in returns:
-            return None
-        return _mean_pstd(cast("list[float]", list(returns)))[1]
+        if previous > 0 and close > 0:
+            returns.append(math.log(close / previous))
+            if len(returns) > 2 * self._vol_n:
+                del returns[: -self._vol_n]
+        else:
+            returns.clear()  # no log return across a non-positive price: warm up again
+        n = self._vol_n
+        return _mean_pstd(returns[-n:])[1] if len(returns) >= n else None
 
-    def _zscore(self, close: float, history: list[float]) -> float | None:
+    def _zscore(self, close: float, values: list[float | None]) -> float | None:
         n = self._z_n
         if self._count < n:
             return None
-        mean, std = _mean_pstd(history[-n:])
+        window = self._closes[-n:]
+        if self._z_from_sma is None:
+            mean, std = _mean_pstd(window)
+        else:
+            mean = cast("float", values[self._z_from_sma])  # the same window's SMA, reused
+            std = math.hypot(*[v - mean for v in window]) / math.sqrt(n)
         return (close - mean) / std if std > 0 else None
 
     def _trend(
