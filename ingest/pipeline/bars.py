@@ -16,6 +16,7 @@ few numpy operations shared by every builder. The rules (see `docs/pipeline.md`)
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from dataclasses import dataclass
@@ -73,12 +74,19 @@ class TradeSlice:
     cpv_end: float
     last_price: float
     _prices: list[float] | None = None
+    _sums: tuple[list[float], list[float]] | None = None
 
     def prices(self) -> list[float]:
         """`price` as Python floats, converted once and only when a bar boundary needs it."""
         if self._prices is None:
             self._prices = self.price.tolist()
         return self._prices
+
+    def sums(self) -> tuple[list[float], list[float]]:
+        """`cv` and `cpv` as Python floats, converted once when a bar boundary needs them."""
+        if self._sums is None:
+            self._sums = (self.cv.tolist(), self.cpv.tolist())
+        return self._sums
 
     def session_vwap(self, i: int) -> float | None:
         """Session VWAP just after trade `i` of the slice."""
@@ -345,41 +353,41 @@ class CountBarBuilder(BarBuilder):
                 self._sv_at = (trades, m - 1)
                 return _NONE
         closed: list[Bar] = []
+        cv, cpv = trades.sums()
+        prices = trades.prices()
         pos = 0
         while pos < m:
             if not self._open:
-                self._begin(
-                    int(trades.ts[pos]),
-                    trades.prices()[pos],
-                    float(trades.cv[pos]),
-                    float(trades.cpv[pos]),
-                )
-            last = self._closing_trade(trades, pos, m)
+                self._begin(int(trades.ts[pos]), prices[pos], cv[pos], cpv[pos])
+            last = self._closing_trade(cv, cpv, pos, m)
             end = m if last is None else last + 1
             self._absorb(trades, pos, end)
             if last is not None:
-                closed.append(
-                    self._finish(
-                        float(trades.cv[end]), float(trades.cpv[end]), trades.offset + last
-                    )
-                )
+                closed.append(self._finish(cv[end], cpv[end], trades.offset + last))
                 self._open = False
             pos = end
         return closed
 
-    def _closing_trade(self, trades: TradeSlice, pos: int, m: int) -> int | None:
-        """Index of the trade in `[pos, m)` that fills the open bar, if any."""
+    def _closing_trade(self, cv: list[float], cpv: list[float], pos: int, m: int) -> int | None:
+        """Index of the trade in `[pos, m)` that fills the open bar, if any.
+
+        `cv[j + 1]` is the running sum after trade `j`; the bar's fill after that trade is
+        `(cv[j + 1] - s0) + base`, non-decreasing in `j`, so the first trade to reach the
+        threshold is found by bisection with that exact expression.
+        """
         if self._kind == "tick":
             need = self._ticks - self._n
             return pos + need - 1 if m - pos >= need else None
         if self._kind == "volume":
-            sums, s0, base = trades.cv, self._s0_v, self._base_v
+            sums, s0, base = cv, self._s0_v, self._base_v
         else:
-            sums, s0, base = trades.cpv, self._s0_pv, self._base_pv
-        if (float(sums[m]) - s0) + base < self._threshold:
+            sums, s0, base = cpv, self._s0_pv, self._base_pv
+        if (sums[m] - s0) + base < self._threshold:
             return None
-        filled = (sums[pos + 1 : m + 1] - s0) + base
-        return pos + int(np.searchsorted(filled, self._threshold, side="left"))
+        after = bisect.bisect_left(
+            sums, self._threshold, pos + 1, m + 1, key=lambda total: (total - s0) + base
+        )
+        return after - 1
 
 
 def create_builder(spec: BarSpec) -> TimeBarBuilder | CountBarBuilder:
