@@ -73,6 +73,8 @@ class TradeSlice:
     """`cv[-1]`, the session volume after the slice, as a Python float."""
     cpv_end: float
     last_price: float
+    sv_end: float | None
+    """Session VWAP after the slice's last trade."""
     _prices: list[float] | None = None
     _sums: tuple[list[float], list[float]] | None = None
 
@@ -131,7 +133,7 @@ class BarBuilder:
         "_s0_v",
         "_s_end_pv",
         "_s_end_v",
-        "_sv_at",
+        "_sv",
         "_ts",
     )
 
@@ -144,7 +146,7 @@ class BarBuilder:
         """Volume and notional of the open bar from earlier sessions (bars can span midnight)."""
         self._s0_v = self._s0_pv = 0.0
         """Session running sums just before the open bar's first trade."""
-        self._sv_at: tuple[TradeSlice, int] | None = None
+        self._sv: float | None = None
         """Where the session VWAP at the open bar's last trade can be read (computed lazily)."""
         self._s_end_v = self._s_end_pv = 0.0
 
@@ -191,7 +193,7 @@ class BarBuilder:
             volume=volume,
             trade_count=self._n,
             vwap=notional / volume if volume > 0 else None,
-            session_vwap=self._sv_at[0].session_vwap(self._sv_at[1]) if self._sv_at else None,
+            session_vwap=self._sv,
             seq=seq,
         )
 
@@ -212,7 +214,7 @@ class BarBuilder:
         self._l = min(self._l, low)
         self._c = trades.last_price if end == len(trades.ts) else trades.prices()[end - 1]
         self._n += end - start
-        self._sv_at = (trades, end - 1)
+        self._sv = trades.sv_end if end == len(trades.ts) else trades.session_vwap(end - 1)
 
 
 class TimeBarBuilder(BarBuilder):
@@ -261,7 +263,7 @@ class TimeBarBuilder(BarBuilder):
             self._l = min(self._l, trades.pmin)
             self._c = trades.last_price
             self._n += len(trades.ts)
-            self._sv_at = (trades, len(trades.ts) - 1)
+            self._sv = trades.sv_end
             return _NONE
         return self._update_slow(trades, len(trades.ts))
 
@@ -319,7 +321,7 @@ class TimeBarBuilder(BarBuilder):
             last = int(keep[-1])
             self._c = float(trades.price[last])
             self._n += len(keep)
-            self._sv_at = (trades, last)
+            self._sv = trades.session_vwap(last)
 
 
 class CountBarBuilder(BarBuilder):
@@ -350,7 +352,7 @@ class CountBarBuilder(BarBuilder):
                 self._l = min(self._l, trades.pmin)
                 self._c = trades.last_price
                 self._n += m
-                self._sv_at = (trades, m - 1)
+                self._sv = trades.sv_end
                 return _NONE
         closed: list[Bar] = []
         cv, cpv = trades.sums()

@@ -30,6 +30,12 @@ __all__ = ["PipelineOutput", "SymbolPipeline", "indicator_columns"]
 Row = dict[str, Any]
 
 _DAY_NS = 86_400 * 1_000_000_000
+
+
+def _ratio(notional: float, volume: float) -> float | None:
+    return notional / volume if volume > 0 else None
+
+
 _min = np.minimum.reduce
 _max = np.maximum.reduce
 
@@ -222,6 +228,7 @@ class SymbolPipeline:
             cv_end=end_v,
             cpv_end=end_pv,
             last_price=float(price[m - 1]),
+            sv_end=_ratio(end_pv - self._epv, end_v - self._ev),
         )
         closed: list[tuple[int, Bar]] = []
         for i, series in enumerate(self._series):
