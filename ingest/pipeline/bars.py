@@ -147,7 +147,7 @@ class BarBuilder:
         self._s0_v = self._s0_pv = 0.0
         """Session running sums just before the open bar's first trade."""
         self._sv: float | None = None
-        """Where the session VWAP at the open bar's last trade can be read (computed lazily)."""
+        """Session VWAP after the open bar's last trade (a value: no batch is kept alive)."""
         self._s_end_v = self._s_end_pv = 0.0
 
     def reset_session(self) -> None:

@@ -189,6 +189,16 @@ class TestUndefinedValues:
         assert named["momentum_10"] == 0.0
         assert trend == "NEUTRAL"
 
+    def test_non_positive_close_restarts_volatility(self) -> None:
+        """No log return exists across a zero price: volatility warms up again after it."""
+        settings = PipelineSettings(volatility=2)
+        state = IndicatorState(settings)
+        got = []
+        for close in (1.0, 2.0, 4.0, 0.0, 1.0, 2.0, 4.0):
+            values, _ = state.update(close)
+            got.append(dict(zip(state.columns, values, strict=True))["volatility_2"])
+        assert got == [None, None, 0.0, None, None, None, 0.0]
+
     @given(st.lists(st.floats(1.0, 1e6), min_size=1, max_size=60))
     def test_values_are_finite_or_none(self, closes: list[float]) -> None:
         """No NaN or infinity ever leaks out, whatever the prices."""
