@@ -1,21 +1,43 @@
-"""One symbol's pipeline: every configured bar series, its indicators, tick anomalies."""
+"""One symbol's pipeline: every configured bar series, its indicators, tick anomalies.
+
+Per batch the pipeline does the shared work once -- the session's running volume and notional
+(one `cumsum`), the batch's time and price range -- and hands the result to every bar builder,
+which in the common case (no bar closes) only compares a few scalars. Indicators run in plain
+Python on each closed bar. The anomaly detector works on the whole batch at once.
+
+The session is the UTC day: it starts with the first trade of a new day (the newest day seen),
+and a trade stamped with an earlier day is left out of the session VWAP.
+"""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ingest.pipeline.bars import TimeBarBuilder
+import numpy as np
+import numpy.typing as npt
+
+from ingest.pipeline.anomaly import AnomalyDetector
+from ingest.pipeline.bars import Bar, TimeBarBuilder, TradeSlice, create_builder
+from ingest.pipeline.indicators import IndicatorState, indicator_columns
 
 if TYPE_CHECKING:
-    import numpy as np
-    import numpy.typing as npt
-
-    from ingest.config import PipelineSettings
+    from ingest.config import BarSpec, PipelineSettings
 
 __all__ = ["PipelineOutput", "SymbolPipeline", "indicator_columns"]
 
 Row = dict[str, Any]
+
+_DAY_NS = 86_400 * 1_000_000_000
+
+
+def _ratio(notional: float, volume: float) -> float | None:
+    return notional / volume if volume > 0 else None
+
+
+_min = np.minimum.reduce
+_max = np.maximum.reduce
 
 
 @dataclass(slots=True)
@@ -26,27 +48,61 @@ class PipelineOutput:
     anomalies: list[Row] = field(default_factory=list)
 
 
-def indicator_columns(settings: PipelineSettings) -> tuple[str, ...]:
-    """Float indicator columns of the `bars` table, named after their windows (`sma_20`)."""
-    return (
-        *(f"sma_{n}" for n in settings.sma),
-        *(f"ema_{n}" for n in settings.ema),
-        f"rsi_{settings.rsi}",
-        f"volatility_{settings.volatility}",
-        f"momentum_{settings.momentum}",
-        f"zscore_{settings.zscore}",
-    )
+class _Series:
+    """One bar series: its builder and the indicator state fed by its closes."""
+
+    __slots__ = ("builder", "indicators", "kind", "label")
+
+    def __init__(self, spec: BarSpec, settings: PipelineSettings) -> None:
+        self.kind = spec.kind
+        self.label = spec.label
+        self.builder = create_builder(spec)
+        self.indicators = IndicatorState(settings)
 
 
 class SymbolPipeline:
-    """All derived state of one symbol. Not thread-safe; owned by the symbol's task."""
+    """All derived state of one symbol. Not thread-safe; owned by the symbol's task.
+
+    Output rows of one call are ordered as if the trades had been fed one at a time: by the
+    trade that closed each bar, then by the configured order of the series.
+    """
+
+    __slots__ = (
+        "_anomaly",
+        "_anomaly_fixed",
+        "_cpv",
+        "_cv",
+        "_day",
+        "_epv",
+        "_ev",
+        "_seq",
+        "_series",
+        "_time_builders",
+        "late_trades",
+        "symbol",
+    )
 
     def __init__(self, symbol: str, settings: PipelineSettings) -> None:
         self.symbol = symbol
-        self._indicators = dict.fromkeys(indicator_columns(settings))
-        self._builders = [
-            TimeBarBuilder(spec.size, spec.label) for spec in settings.bars if spec.kind == "time"
+        self._series = [_Series(spec, settings) for spec in settings.bars]
+        self._time_builders = [
+            s.builder for s in self._series if isinstance(s.builder, TimeBarBuilder)
         ]
+        self._anomaly = AnomalyDetector(settings.anomaly)
+        self._anomaly_fixed = {
+            "method": settings.anomaly.method,
+            "window": settings.anomaly.window,
+            "threshold": settings.anomaly.threshold,
+        }
+        self._day: int | None = None
+        """The session's UTC day number (ts // day); None before the first trade."""
+        self._cv = self._cpv = 0.0
+        """Session running volume and notional after the last trade."""
+        self._ev = self._epv = 0.0
+        """The same over trades of earlier days that arrived during this session."""
+        self._seq = 0
+        self.late_trades = 0
+        """Trades that arrived after a later time bar had opened (left out of that series)."""
 
     def on_trades(
         self,
@@ -56,26 +112,159 @@ class SymbolPipeline:
     ) -> PipelineOutput:
         """Feed a batch of one symbol's trades, in arrival order."""
         out = PipelineOutput()
-        for builder in self._builders:
-            for bar in builder.update(ts, price, size):
-                out.bars.append(self._row(bar, partial=False))
+        m = len(ts)
+        if m == 0:
+            return out
+        tmin, tmax = int(_min(ts)), int(_max(ts))
+        day = self._day
+        if day is not None and tmin // _DAY_NS == day and tmax // _DAY_NS == day:
+            closed = self._run_slice(ts, price, size, tmin, tmax, 0, None)
+        else:
+            closed = self._run_sessions(ts, price, size)
+        if closed:
+            if len(closed) > 1:
+                closed.sort(key=lambda item: (item[1].seq, item[0]))
+            out.bars = [self._row(self._series[i], bar, partial=False) for i, bar in closed]
+        for anomaly in self._anomaly.detect(price):
+            out.anomalies.append(
+                {
+                    "symbol": self.symbol,
+                    "ts": int(ts[anomaly.index]),
+                    "price": anomaly.price,
+                    "zscore": anomaly.zscore,
+                    **self._anomaly_fixed,
+                }
+            )
+        self._seq += m
         return out
 
     def flush(self) -> PipelineOutput:
-        """Close every open bar as partial (shutdown)."""
+        """Close every open bar as partial (shutdown); indicators include the partial bar."""
         out = PipelineOutput()
-        for builder in self._builders:
-            bar = builder.flush()
+        for series in self._series:
+            bar = series.builder.flush()
             if bar is not None:
-                out.bars.append(self._row(bar, partial=True))
+                out.bars.append(self._row(series, bar, partial=True))
         return out
 
-    def _row(self, bar: Row, *, partial: bool) -> Row:
-        return {
+    def _run_sessions(
+        self,
+        ts: npt.NDArray[np.int64],
+        price: npt.NDArray[np.float64],
+        size: npt.NDArray[np.float64],
+    ) -> list[tuple[int, Bar]]:
+        """The slow path: the batch starts a session, or holds trades of an earlier day."""
+        days = ts // _DAY_NS
+        session = np.maximum.accumulate(days)
+        if self._day is not None:
+            np.maximum(session, self._day, out=session)
+        earlier = days < session
+        previous = np.empty_like(session)
+        previous[1:] = session[:-1]
+        previous[0] = self._day if self._day is not None else session[0] - 1
+        starts = np.flatnonzero(session > previous).tolist()
+        bounds = sorted({0, *starts, len(ts)})
+        closed: list[tuple[int, Bar]] = []
+        for start, end in itertools.pairwise(bounds):
+            if start in starts:
+                self._day = int(session[start])
+                self._cv = self._cpv = self._ev = self._epv = 0.0
+                for series in self._series:
+                    series.builder.reset_session()
+            part = slice(start, end)
+            piece_ts = ts[part]
+            closed += self._run_slice(
+                piece_ts,
+                price[part],
+                size[part],
+                int(_min(piece_ts)),
+                int(_max(piece_ts)),
+                start,
+                earlier[part] if earlier[part].any() else None,
+            )
+        return closed
+
+    def _run_slice(
+        self,
+        ts: npt.NDArray[np.int64],
+        price: npt.NDArray[np.float64],
+        size: npt.NDArray[np.float64],
+        tmin: int,
+        tmax: int,
+        start: int,
+        earlier: npt.NDArray[np.bool_] | None,
+    ) -> list[tuple[int, Bar]]:
+        """Run one session's consecutive trades through every bar builder."""
+        m = len(ts)
+        sums = np.empty((m + 1, 2))
+        sums[0, 0] = self._cv
+        sums[0, 1] = self._cpv
+        sums[1:, 0] = size
+        np.multiply(price, size, out=sums[1:, 1])
+        excluded = None
+        if earlier is not None or self._ev:
+            excluded = np.zeros((m + 1, 2))
+            excluded[0, 0] = self._ev
+            excluded[0, 1] = self._epv
+            if earlier is not None:
+                excluded[1:][earlier] = sums[1:][earlier]
+            np.cumsum(excluded, axis=0, out=excluded)
+            self._ev, self._epv = float(excluded[m, 0]), float(excluded[m, 1])
+        np.cumsum(sums, axis=0, out=sums)
+        self._cv, self._cpv = end_v, end_pv = sums[m].tolist()
+        trades = TradeSlice(
+            ts=ts,
+            price=price,
+            size=size,
+            cv=sums[:, 0],
+            cpv=sums[:, 1],
+            ev=None if excluded is None else excluded[:, 0],
+            epv=None if excluded is None else excluded[:, 1],
+            tmin=tmin,
+            tmax=tmax,
+            pmin=float(_min(price)),
+            pmax=float(_max(price)),
+            offset=self._seq + start,
+            cv_end=end_v,
+            cpv_end=end_pv,
+            last_price=float(price[m - 1]),
+            sv_end=_ratio(end_pv - self._epv, end_v - self._ev),
+        )
+        closed: list[tuple[int, Bar]] = []
+        for i, series in enumerate(self._series):
+            bars = series.builder.update(trades)
+            if bars:
+                closed.extend((i, bar) for bar in bars)
+        for builder in self._time_builders:
+            if builder.late_mask is not None:
+                self._count_late()
+                break
+        return closed
+
+    def _count_late(self) -> None:
+        masks = [b.late_mask for b in self._time_builders if b.late_mask is not None]
+        if len(masks) == 1:
+            self.late_trades += int(np.count_nonzero(masks[0]))
+        elif masks:
+            self.late_trades += int(np.count_nonzero(np.logical_or.reduce(masks)))
+
+    def _row(self, series: _Series, bar: Bar, *, partial: bool) -> Row:
+        values, trend = series.indicators.update(bar.close)
+        row = {
             "symbol": self.symbol,
-            **bar,
+            "ts": bar.ts,
+            "bar_type": series.kind,
+            "bar_size": series.label,
+            "open": bar.open,
+            "high": bar.high,
+            "low": bar.low,
+            "close": bar.close,
+            "volume": bar.volume,
+            "trade_count": bar.trade_count,
+            "vwap": bar.vwap,
             "partial": partial,
-            **self._indicators,
-            "session_vwap": None,
-            "trend": None,
         }
+        row.update(zip(series.indicators.columns, values, strict=True))
+        row["session_vwap"] = bar.session_vwap
+        row["trend"] = trend
+        return row
