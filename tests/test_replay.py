@@ -27,6 +27,7 @@ def replay(settings: Settings, source: ReplaySource) -> RunResult:
 
 
 ROOT = Path(__file__).parent.parent
+DATA = ROOT / "tests" / "data"
 
 TRADE = (
     '{{"T":"t","S":"{s}","i":{i},"x":"V","p":{p},"s":100,'
@@ -160,3 +161,91 @@ class TestReplayCommand:
         )
         assert proc.returncode == 0, proc.stderr
         assert count(tmp_path / "d", "stocks", "trades") == expected
+
+
+def cme_recording(path: Path) -> None:
+    """The 120 real CME ESU4 trades as an Alpaca-shaped recording, one frame per 10 trades."""
+    import csv
+
+    with (DATA / "esu4_trades_20240701T2358_20240702T0002.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    messages: list[dict[str, object]] = [
+        {
+            "T": "t",
+            "S": "ESU4",
+            "i": int(row["sequence"]),
+            "x": "X",
+            "p": float(row["price"]),
+            "s": int(row["size"]),
+            "t": row["ts_event"].replace(" ", "T").replace("+00:00", "Z"),
+            "c": [],
+            "z": "",
+        }
+        for row in rows
+    ]
+    with path.open("w") as out:
+        for start in range(0, len(messages), 10):
+            frame = messages[start : start + 10]
+            out.write(json.dumps({"stream": "stocks", "frame": frame}) + "\n")
+
+
+def vendor_minutes() -> list[tuple[str, float, float, float, float, float]]:
+    """Databento's own ESU4 1-minute bars for the minutes the trades cover."""
+    import csv
+
+    with (DATA / "esu4_nqu4_ohlcv1m_20240701T2340_20240702T0010.csv").open() as handle:
+        rows = [r for r in csv.DictReader(handle) if r["symbol"] == "ESU4"]
+    wanted = ("23:58", "23:59", "00:00", "00:01")
+    return [
+        (
+            r["ts_event"][11:16],
+            float(r["open"]),
+            float(r["high"]),
+            float(r["low"]),
+            float(r["close"]),
+            float(r["volume"]),
+        )
+        for r in rows
+        if r["ts_event"][11:16] in wanted
+    ]
+
+
+@pytest.mark.slow
+class TestRealTradesThroughTheCommand:
+    def test_cme_trades_give_the_vendor_minute_bars(self, tmp_path: Path) -> None:
+        """Real CME trades replayed by `ingest run` give Databento's 1-minute bars exactly."""
+        recording = tmp_path / "esu4.jsonl"
+        cme_recording(recording)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ingest",
+                "run",
+                "--source",
+                "replay",
+                "--replay",
+                str(recording),
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--streams",
+                "stocks",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        bars = query(
+            tmp_path / "d",
+            "stocks",
+            "bars",
+            "select strftime(ts, '%H:%M'), open, high, low, close, volume, trade_count, "
+            "round(vwap, 6) from t where bar_type = 'time' and bar_size = '1m' order by ts",
+        )
+        vendor = vendor_minutes()
+        assert [b[:6] for b in bars] == vendor
+        assert [b[6] for b in bars] == [13, 15, 68, 24]
+        assert [b[7] for b in bars] == [5528.736111, 5528.728261, 5529.057143, 5529.256757]
