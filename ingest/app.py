@@ -118,6 +118,7 @@ async def run_daemon(
             writer_id=writer_id,
             metadata=metadata,
             indicator_columns=indicator_columns(settings.pipeline),
+            metrics=metrics,
         ) as dataset:
             routers = {
                 stream: StreamRouter(
@@ -135,6 +136,7 @@ async def run_daemon(
             async with anyio.create_task_group() as stream_groups:
                 for router in routers.values():
                     await stream_groups.start(router.run)
+                stream_groups.start_soon(_sample_queues, routers, metrics, stop)
                 stream_groups.start_soon(
                     _report_progress,
                     routers,
@@ -213,6 +215,17 @@ async def _stop_on_signals(stop: anyio.Event, root: anyio.CancelScope) -> None:
         root.cancel()
 
 
+async def _sample_queues(
+    routers: Mapping[StreamName, StreamRouter], metrics: Metrics, stop: anyio.Event
+) -> None:
+    """Keep the queue-depth gauges a second fresh without touching the hot path."""
+    while not stop.is_set():
+        for stream, router in routers.items():
+            metrics.queue_depth.set(router.queue_depth(), stream)
+        with anyio.move_on_after(1.0):
+            await stop.wait()
+
+
 async def _report_progress(
     routers: Mapping[StreamName, StreamRouter],
     dataset: Dataset,
@@ -260,7 +273,6 @@ def _result(
     for key, writer in sorted(dataset.writers.items()):
         result.rows[key] = writer.stats.rows
         result.files[key] = writer.stats.files
-        metrics.rows.inc(*key, amount=writer.stats.rows)
     for (stream, _), count in metrics.messages.values.items():
         name: StreamName = stream  # type: ignore[assignment]
         result.messages[name] = result.messages.get(name, 0) + int(count)

@@ -9,7 +9,12 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 __all__ = ["Counter", "Gauge", "Histogram", "Metrics"]
 
@@ -127,6 +132,19 @@ class Histogram:
             self.sums[labels] = 0.0
         slots[bisect.bisect_left(self.buckets, value)] += count
         self.sums[labels] += value * count
+
+    def observe_many(self, values: npt.NDArray[np.float64], *labels: str) -> None:
+        """Record every value of an array (one bucket search for all of them)."""
+        if not len(values):
+            return
+        slots = self.counts.get(labels)
+        if slots is None:
+            slots = self.counts[labels] = [0] * (len(self.buckets) + 1)
+            self.sums[labels] = 0.0
+        found = np.searchsorted(np.asarray(self.buckets), values, side="left")
+        for index, n in enumerate(np.bincount(found, minlength=len(slots)).tolist()):
+            slots[index] += n
+        self.sums[labels] += float(values.sum())
 
     def render(self) -> list[str]:
         """Prometheus exposition lines."""

@@ -23,11 +23,15 @@ import pyarrow.parquet as pq
 import structlog
 
 from ingest.errors import StorageError
+from ingest.metrics import Metrics
 from storage.schemas import SYMBOL, TableSpec, table_spec
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
+
+    import numpy as np
+    import numpy.typing as npt
 
     from ingest.config import StorageSettings, StreamName
 
@@ -148,8 +152,10 @@ class TableWriter:
         *,
         writer_id: str,
         metadata: dict[str, str],
+        metrics: Metrics,
     ) -> None:
         self.stream = stream
+        self._metrics = metrics
         self.spec = spec
         self.stats = WriterStats()
         self._directory = root / stream / spec.name
@@ -196,17 +202,25 @@ class TableWriter:
             return
         records, self._buffer = self._buffer, []
         try:
-            await anyio.to_thread.run_sync(self._write, records)
+            rows, recv_ns = await anyio.to_thread.run_sync(self._write, records)
         except StorageError as exc:
             self.stats.errors += 1
+            self._metrics.storage_errors.inc(self.stream, self.spec.name)
             self._buffer[:0] = records  # keep them for the next attempt
             log.error("seal_failed", stream=self.stream, table=self.spec.name, error=str(exc))
+        else:
+            # Metrics are touched on the event loop only, never from the worker thread.
+            self._metrics.rows.inc(self.stream, self.spec.name, amount=rows)
+            sealed_ns = self.stats.last_seal_ns
+            latency = (sealed_ns - recv_ns) / 1e9
+            self._metrics.seal_latency.observe_many(latency, self.stream, self.spec.name)
         finally:
             self.stats.pending = len(self._buffer)
             self._drained.set()
             self._drained = anyio.Event()
 
-    def _write(self, records: list[Any]) -> None:
+    def _write(self, records: list[Any]) -> tuple[int, npt.NDArray[np.int64]]:
+        """Convert, sort and seal; the row count and every row's receive time (for latency)."""
         table = self.spec.to_table(records)
         table = prepare(table, self.spec).replace_schema_metadata(self._metadata)
         for day, part in split_by_date(table, self.spec.time_column):
@@ -226,6 +240,7 @@ class TableWriter:
             self.stats.bytes += size
         self.stats.last_seal_ns = time.time_ns()
         log.debug("file_sealed", stream=self.stream, table=self.spec.name, rows=table.num_rows)
+        return table.num_rows, table["recv_ts"].cast(pa.int64()).to_numpy()
 
 
 @dataclass(slots=True)
@@ -237,6 +252,7 @@ class Dataset:
     writer_id: str
     metadata: dict[str, str]
     indicator_columns: Sequence[str]
+    metrics: Metrics
     _group: anyio.abc.TaskGroup
     writers: dict[tuple[StreamName, str], TableWriter] = field(default_factory=dict)
 
@@ -253,6 +269,7 @@ class Dataset:
                 self.settings,
                 writer_id=self.writer_id,
                 metadata=self.metadata,
+                metrics=self.metrics,
             )
             self.writers[key] = writer
             self._group.start_soon(writer.run)
@@ -267,11 +284,14 @@ async def open_dataset(
     writer_id: str,
     metadata: dict[str, str],
     indicator_columns: Sequence[str],
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Dataset]:
     """A dataset whose writers all seal their buffers when the block exits, however it exits."""
     await anyio.to_thread.run_sync(_check_writable, root)
     async with anyio.create_task_group() as group:
-        dataset = Dataset(root, settings, writer_id, metadata, indicator_columns, group)
+        dataset = Dataset(
+            root, settings, writer_id, metadata, indicator_columns, metrics or Metrics(), group
+        )
         try:
             yield dataset
         finally:

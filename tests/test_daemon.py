@@ -13,6 +13,7 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from ingest.app import run_daemon
+from ingest.metrics import Metrics
 from ingest.pipeline import PipelineOutput, SymbolPipeline
 from streams.sim import SimSource
 from tests.dataset import TYPE_TABLE, count, leftovers, query
@@ -172,3 +173,18 @@ class TestRolling:
         root = settings.ingest.data_dir
         assert len(list(root.glob("stocks/trades/*/*.parquet"))) >= 3
         assert count(root, "stocks", "trades") == source.emitted[("stocks", "t")]
+
+
+class TestMetrics:
+    def test_rows_and_seal_latency_follow_every_sealed_row(self, settings: Settings) -> None:
+        """rows_written and the receive-to-seal histogram count exactly the rows on disk."""
+        metrics = Metrics()
+        run_sim(settings, metrics=metrics)
+        root = settings.ingest.data_dir
+        on_disk = count(root, "stocks", "trades")
+        assert on_disk > 0
+        assert metrics.rows.get("stocks", "trades") == on_disk
+        buckets = metrics.seal_latency.counts[("stocks", "trades")]
+        assert sum(buckets) == on_disk
+        assert metrics.messages.get("stocks", "trades") == on_disk
+        assert 'ingest_queue_depth{stream="stocks"}' in metrics.render()
