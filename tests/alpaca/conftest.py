@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
 from ingest.config import AlpacaSettings, StreamName
 from streams.alpaca.credentials import Credentials
-from streams.base import Frame
-from streams.messages import AnyMessage
 from tests.alpaca.fake_alpaca import FakeAlpaca
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from streams.base import Frame
+    from streams.messages import AnyMessage
 
 DATA = Path(__file__).parent.parent / "data" / "alpaca_messages"
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import aiohttp
 import anyio
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 from aiohttp import web
 
 from streams.occ import parse_occ
@@ -242,7 +242,14 @@ class FakeAlpaca:
     async def _serve(self, conn: _Connection, session: Session) -> None:
         if conn.stream == "options" and not conn.msgpack:
             await self._send(
-                conn, [{"T": "error", "code": 412, "msg": "option messages are only available in MsgPack format"}]
+                conn,
+                [
+                    {
+                        "T": "error",
+                        "code": 412,
+                        "msg": "option messages are only available in MsgPack format",
+                    }
+                ],
             )
             return
         await self._send(conn, [{"T": "success", "msg": "connected"}])
@@ -264,7 +271,9 @@ class FakeAlpaca:
             await self._send(conn, [{"T": "error", "code": code, "msg": msg}])
             return
         if self.active[conn.path] > self.connection_limit:
-            await self._send(conn, [{"T": "error", "code": 406, "msg": "connection limit exceeded"}])
+            await self._send(
+                conn, [{"T": "error", "code": 406, "msg": "connection limit exceeded"}]
+            )
             return
         await self._send(conn, [{"T": "success", "msg": "authenticated"}])
         outcome: Step | None = None
@@ -340,7 +349,9 @@ class FakeAlpaca:
         while (action := await self._next_action(conn)) is not None:
             kind = action.pop("action", None)
             if kind == "auth":
-                await self._send(conn, [{"T": "error", "code": 403, "msg": "already authenticated"}])
+                await self._send(
+                    conn, [{"T": "error", "code": 403, "msg": "already authenticated"}]
+                )
             elif kind in ("subscribe", "unsubscribe"):
                 await self._change(conn, kind, action)
             else:
@@ -351,10 +362,22 @@ class FakeAlpaca:
         allowed = _CHANNELS[conn.stream]
         for channel, symbols in action.items():
             if channel not in allowed or channel in ("corrections", "cancelErrors"):
-                await self._send(conn, [{"T": "error", "code": 410, "msg": "invalid subscribe action for this feed"}])
+                await self._send(
+                    conn,
+                    [{"T": "error", "code": 410, "msg": "invalid subscribe action for this feed"}],
+                )
                 return
             if conn.stream == "options" and channel == "quotes" and "*" in symbols:
-                await self._send(conn, [{"T": "error", "code": 413, "msg": "star subscription is not allowed for option quotes"}])
+                await self._send(
+                    conn,
+                    [
+                        {
+                            "T": "error",
+                            "code": 413,
+                            "msg": "star subscription is not allowed for option quotes",
+                        }
+                    ],
+                )
                 return
         for channel, symbols in action.items():
             targets = [channel]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -14,12 +13,17 @@ from alpaca.data.live.crypto import CryptoDataStream
 from alpaca.data.live.news import NewsDataStream
 from alpaca.data.live.option import OptionDataStream
 from alpaca.data.live.stock import StockDataStream
-from alpaca.data.live.websocket import DataStream
 
-from ingest.config import StreamName
 from storage.schemas import parse_timestamps
 from tests.alpaca.conftest import load_examples
 from tests.alpaca.fake_alpaca import FakeAlpaca, Send, Session
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from alpaca.data.live.websocket import DataStream
+
+    from ingest.config import StreamName
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +44,9 @@ _MODEL = {
 
 def _micros(text: str) -> datetime:
     nanos = parse_timestamps([text])[0].value
-    return datetime.fromtimestamp(nanos // 1000 / 1e6, UTC).replace(microsecond=nanos // 1000 % 1_000_000)
+    return datetime.fromtimestamp(nanos // 1000 / 1e6, UTC).replace(
+        microsecond=nanos // 1000 % 1_000_000
+    )
 
 
 def _expected(message: dict[str, Any]) -> tuple[str, str, datetime]:
@@ -61,8 +67,11 @@ def _received(model: Any) -> tuple[str, str, datetime]:
 
 
 def _alpaca_py_parses(message: dict[str, Any]) -> bool:
-    """alpaca-py has no imbalance channel, and its `Bar` requires `n` and `vw`, which bars of the
-    older docs lack (today's server sends them)."""
+    """Whether alpaca-py can take the message.
+
+    It has no imbalance channel, and its `Bar` requires `n` and `vw`, which bars of the older docs
+    lack (today's server sends them).
+    """
     if message["T"] == "i":
         return False
     return message["T"] not in ("b", "u", "d") or ("n" in message and "vw" in message)
@@ -105,7 +114,9 @@ def _news(url: str, fake: FakeAlpaca, handler: Callable[..., Any]) -> DataStream
     return stream
 
 
-CLIENTS: dict[StreamName, tuple[str, Callable[[str, FakeAlpaca, Callable[..., Any]], DataStream]]] = {
+CLIENTS: dict[
+    StreamName, tuple[str, Callable[[str, FakeAlpaca, Callable[..., Any]], DataStream]]
+] = {
     "stocks": ("/v2/iex", _stock),
     "crypto": ("/v1beta3/crypto/us", _crypto),
     "options": ("/v1beta1/indicative", _options),
@@ -124,19 +135,20 @@ class TestAlpacaPyClients:
         fake.script(path, Session(steps=[Send([examples[:2], *[[m] for m in examples[2:]]])]))
         received: list[Any] = []
         lock = threading.Lock()
+        complete = threading.Event()
 
         async def handler(model: Any) -> None:
             with lock:
                 received.append(model)
+                if len(received) >= len(examples):
+                    complete.set()
 
         client = build(fake.ws_url + path, fake, handler)
         with anyio.fail_after(20):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(anyio.to_thread.run_sync, client.run)
                 try:
-                    with anyio.move_on_after(10):
-                        while len(received) < len(examples):
-                            await anyio.sleep(0.02)
+                    await anyio.to_thread.run_sync(complete.wait, 10.0)
                     await anyio.sleep(0.1)  # nothing more arrives
                 finally:
                     with anyio.CancelScope(shield=True):

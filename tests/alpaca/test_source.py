@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 import pytest
-from tenacity import wait as tenacity_wait
 
 from ingest.config import StreamName, StreamSettings
 from ingest.errors import CredentialsError, FeedProtocolError
@@ -17,10 +15,14 @@ from ingest.metrics import Metrics
 from storage.schemas import parse_timestamps
 from streams.alpaca import AlpacaSource, StreamDisabledError
 from streams.alpaca.credentials import Credentials
-from streams.base import FrameSink
 from streams.messages import AnyMessage, FrameDecoder
 from tests.alpaca.conftest import ListSink, load_examples, settings_for
 from tests.alpaca.fake_alpaca import Drop, FakeAlpaca, Send, SendRaw, Session, Silence
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from streams.base import FrameSink
 
 pytestmark = pytest.mark.anyio
 
@@ -61,9 +63,9 @@ def _normalized(messages: Sequence[AnyMessage]) -> list[dict[str, Any]]:
 
 
 async def _run_until(
-    source: AlpacaSource, sinks: dict[StreamName, FrameSink], done: Any, timeout: float = 10.0
+    source: AlpacaSource, sinks: dict[StreamName, FrameSink], done: Any, limit: float = 10.0
 ) -> None:
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(limit):
         async with anyio.create_task_group() as tg:
             await tg.start(source.run, sinks)
             await done()
@@ -138,7 +140,7 @@ class TestReconnect:
         self, fake: FakeAlpaca, credentials: Credentials, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Sessions failing before any data wait initial x 2^n, capped at the maximum."""
-        monkeypatch.setattr(tenacity_wait.random, "uniform", lambda low, high: high)
+        monkeypatch.setattr(random, "uniform", lambda low, high: high)
         fake.script(
             PATHS["stocks"],
             *[Session(auth_error=(500, "internal error")) for _ in range(5)],
@@ -269,9 +271,7 @@ class TestBadFrames:
     ) -> None:
         """A frame that is not JSON is delivered as a reject; later messages still arrive."""
         examples = load_examples("stocks")[:2]
-        fake.script(
-            PATHS["stocks"], Session(steps=[SendRaw(b"[{not json"), Send([examples])])
-        )
+        fake.script(PATHS["stocks"], Session(steps=[SendRaw(b"[{not json"), Send([examples])]))
         sink = ListSink()
         source = _source(fake, ["stocks"], credentials)
         await _run_until(source, {"stocks": sink}, lambda: sink.wait_for(2, rejects=1))

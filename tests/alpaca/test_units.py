@@ -6,7 +6,7 @@ import base64
 import json
 import re
 from datetime import date
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
@@ -23,6 +23,10 @@ from streams.recorder import open_recorder
 from tests.alpaca.conftest import DATA, ListSink, load_examples, settings_for
 from tests.alpaca.fake_alpaca import FakeAlpaca, Send, Session, make_contract
 
+if TYPE_CHECKING:
+    from pathlib import Path
+from typing import Any
+
 pytestmark = pytest.mark.anyio
 
 
@@ -38,7 +42,7 @@ class TestCredentials:
 
     def test_one_missing_variable_is_named(self) -> None:
         """An empty secret is reported as missing by its name."""
-        with pytest.raises(CredentialsError, match="variable APCA_API_SECRET_KEY$"):
+        with pytest.raises(CredentialsError, match=r"variable APCA_API_SECRET_KEY$"):
             load_credentials({"APCA_API_KEY_ID": "k", "APCA_API_SECRET_KEY": " "})
 
     def test_values_never_appear_in_repr(self) -> None:
@@ -98,7 +102,13 @@ class TestMsgpackDecoding:
 
     def test_bad_message_in_a_frame_is_rejected_alone(self) -> None:
         """One message with a bad timestamp extension is rejected; its neighbour decodes."""
-        good = {"T": "t", "S": "X", "t": msgspec.msgpack.Ext(-1, b"\x00\x00\x00\x01"), "p": 1.0, "s": 1}
+        good = {
+            "T": "t",
+            "S": "X",
+            "t": msgspec.msgpack.Ext(-1, b"\x00\x00\x00\x01"),
+            "p": 1.0,
+            "s": 1,
+        }
         bad = {**good, "t": msgspec.msgpack.Ext(-1, b"\x01")}
         decoded = FrameDecoder("options", "msgpack").decode(msgspec.msgpack.encode([good, bad]), 7)
         assert len(decoded.messages) == 1
@@ -129,8 +139,7 @@ class TestRecording:
                     await tg.start(source.run, {stream: sink})
                     await sink.wait_for(len(examples))
                     tg.cancel_scope.cancel()
-        (file,) = tmp_path.iterdir()
-        lines = [json.loads(line) for line in file.read_text().splitlines()]
+        lines = await anyio.to_thread.run_sync(_read_recording, tmp_path)
         assert {line["stream"] for line in lines} == {stream}
         assert all(re.match(r"^\d{4}-.*T.*\.\d{9}Z$", line["recv_ts"]) for line in lines)
         decoder = FrameDecoder(stream)
@@ -142,6 +151,11 @@ class TestRecording:
         ]
         live = [msgspec.structs.replace(m, recv_ns=0) for m in sink.messages]
         assert replayed == live
+
+
+def _read_recording(directory: Path) -> list[dict[str, Any]]:
+    (file,) = directory.iterdir()
+    return [json.loads(line) for line in file.read_text().splitlines()]
 
 
 class TestDiscovery:
@@ -183,7 +197,13 @@ class TestDiscovery:
         self, fake: FakeAlpaca, credentials: Credentials
     ) -> None:
         """With only underlyings configured, the options stream subscribes what was discovered."""
-        fake.latest_trades["SPY"] = {"t": "2024-03-11T13:35:35Z", "x": "V", "p": 500.0, "s": 1, "i": 2}
+        fake.latest_trades["SPY"] = {
+            "t": "2024-03-11T13:35:35Z",
+            "x": "V",
+            "p": 500.0,
+            "s": 1,
+            "i": 2,
+        }
         symbol = "SPY" + date.today().strftime("%y%m%d") + "C00500000"
         fake.contracts = [make_contract(symbol)]
         options = OptionsSettings(symbols=(), channels=("trades", "quotes"), underlyings=("SPY",))
