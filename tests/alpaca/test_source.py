@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from ingest.config import StreamName, StreamSettings
-from ingest.errors import CredentialsError, FeedProtocolError
+from ingest.errors import ConfigError, CredentialsError, FeedProtocolError
 from ingest.metrics import Metrics
 from storage.schemas import parse_timestamps
 from streams.alpaca import AlpacaSource, StreamDisabledError
@@ -276,3 +276,17 @@ class TestBadFrames:
         source = _source(fake, ["stocks"], credentials)
         await _run_until(source, {"stocks": sink}, lambda: sink.wait_for(2, rejects=1))
         assert sink.frames[0].rejects[0].reason == "malformed_frame"
+
+
+class TestConfigErrors:
+    async def test_star_option_quotes_is_a_config_error_naming_the_key(
+        self, fake: FakeAlpaca, credentials: Credentials
+    ) -> None:
+        """Error 413 (`*` for option quotes) stops the stream with a message naming the key."""
+        source = AlpacaSource(
+            settings_for(fake),
+            {"options": StreamSettings(symbols=("*",), channels=("quotes",))},
+            credentials=credentials,
+        )
+        with anyio.fail_after(10), pytest.raises(ConfigError, match="streams.options.symbols"):
+            await source.run({"options": ListSink()})
