@@ -289,5 +289,6 @@ class TestConfigErrors:
             {"options": StreamSettings(symbols=("*",), channels=("quotes",))},
             credentials=credentials,
         )
-        with anyio.fail_after(10), pytest.raises(ConfigError, match=re.escape("streams.options.symbols")):
+        key = re.escape("streams.options.symbols")
+        with anyio.fail_after(10), pytest.raises(ConfigError, match=key):
             await source.run({"options": ListSink()})
