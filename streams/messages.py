@@ -1,10 +1,11 @@
 """Alpaca market-data wire messages as msgspec structs, and the one decode path for frames.
 
-A frame is a JSON array of messages (`T` tags the type). Each stream type has its own tagged
-union, because the same tag means different shapes per stream (a crypto trade has float sizes and a
-taker side; an option trade has a single condition string). Decoding a whole frame into structs is
-the fast path; only a frame that fails it is split into messages, so one bad message is quarantined
-with its reason while the rest of the frame goes on.
+A frame is a JSON array of messages (`T` tags the type), or for the options stream a MessagePack
+array whose timestamps are MessagePack Timestamp extensions (type -1). Each stream type has its own
+tagged union, because the same tag means different shapes per stream (a crypto trade has float
+sizes and a taker side; an option trade has a single condition string). Decoding a whole frame
+into structs is the fast path; only a frame that fails it is split into messages, so one bad
+message is quarantined with its reason while the rest of the frame goes on.
 
 Timestamps stay RFC 3339 strings here: the columnar stages parse them in bulk with nanosecond
 precision (`storage.schemas.parse_timestamps`).
@@ -12,8 +13,10 @@ precision (`storage.schemas.parse_timestamps`).
 
 from __future__ import annotations
 
+import struct
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, cast
 
 import msgspec
 
@@ -47,6 +50,7 @@ __all__ = [
     "Success",
     "TradingStatus",
     "UpdatedBar",
+    "format_msgpack_timestamp",
 ]
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
@@ -319,51 +323,168 @@ class DecodedFrame:
     rejects: list[Reject] = field(default_factory=list)
 
 
-class FrameDecoder:
-    """Decodes one stream type's JSON frames; whole frame first, message by message on failure."""
+Encoding = Literal["json", "msgpack"]
 
-    def __init__(self, stream: StreamName) -> None:
+_TIMESTAMP_EXT: Final = -1
+_U32: Final = struct.Struct(">I")
+_U64: Final = struct.Struct(">Q")
+_U32_I64: Final = struct.Struct(">Iq")
+
+
+def format_msgpack_timestamp(ext: msgspec.msgpack.Ext) -> str:
+    """RFC 3339 with nanoseconds (`2024-03-11T13:35:35.133122560Z`) from a Timestamp extension.
+
+    Raises:
+        ValueError: `ext` is not a MessagePack Timestamp (type -1 with 4, 8 or 12 bytes).
+    """
+    data = bytes(ext.data)
+    if ext.code != _TIMESTAMP_EXT:
+        msg = f"extension type {ext.code} is not a timestamp"
+        raise ValueError(msg)
+    if len(data) == 4:
+        seconds, nanos = _U32.unpack(data)[0], 0
+    elif len(data) == 8:
+        value = _U64.unpack(data)[0]
+        seconds, nanos = value & 0x3_FFFF_FFFF, value >> 34
+    elif len(data) == 12:
+        nanos, seconds = _U32_I64.unpack(data)
+    else:
+        msg = f"timestamp extension of {len(data)} bytes"
+        raise ValueError(msg)
+    if nanos > 999_999_999:
+        msg = f"timestamp nanoseconds {nanos} out of range"
+        raise ValueError(msg)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+_STAMP_FIELDS: Final = ("t", "created_at", "updated_at")
+
+
+def _wire_twin(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    """A subclass of `cls` whose timestamp fields decode MessagePack Timestamp extensions."""
+    stamps = [
+        (name, msgspec.msgpack.Ext) for name in cls.__struct_fields__ if name in _STAMP_FIELDS
+    ]
+    if not stamps:
+        return cls
+    tag = cls.__struct_config__.tag
+    return msgspec.defstruct(f"_Wire{cls.__name__}", stamps, bases=(cls,), tag=tag, kw_only=True)
+
+
+def _union_members(union: object) -> tuple[type[msgspec.Struct], ...]:
+    return tuple(union.__args__)  # type: ignore[attr-defined]
+
+
+class _Converter:
+    """Turns a MessagePack twin struct into the JSON struct every consumer sees."""
+
+    __slots__ = ("_fields", "_stamps", "_target")
+
+    def __init__(self, target: type[msgspec.Struct]) -> None:
+        self._target = target
+        names = [f for f in target.__struct_fields__ if f != "recv_ns"]
+        self._fields = tuple(f for f in names if f not in _STAMP_FIELDS)
+        self._stamps = tuple(f for f in names if f in _STAMP_FIELDS)
+
+    def __call__(self, wire: Any, recv_ns: int) -> AnyMessage:
+        values = {name: getattr(wire, name) for name in self._fields}
+        for name in self._stamps:
+            values[name] = format_msgpack_timestamp(getattr(wire, name))
+        message = cast("AnyMessage", self._target(**values))
+        message.recv_ns = recv_ns
+        return message
+
+
+class FrameDecoder:
+    """Decodes one stream type's frames; whole frame first, message by message on failure.
+
+    `encoding="json"` (every stream) decodes straight into the structs. `encoding="msgpack"` (the
+    options stream) decodes into twin structs whose timestamps are MessagePack extensions, then
+    converts each to the same struct, with the timestamp as an RFC 3339 nanosecond string.
+    """
+
+    def __init__(self, stream: StreamName, encoding: Encoding = "json") -> None:
         union = _UNIONS[stream]
         self.stream = stream
-        self._frame = msgspec.json.Decoder(list[union])  # type: ignore[valid-type]
-        self._one = msgspec.json.Decoder(union)
-        self._raw = msgspec.json.Decoder(list[msgspec.Raw])
-        self._probe = msgspec.json.Decoder(dict[str, object])
+        self.encoding = encoding
+        self._probe_json = msgspec.json.Decoder(dict[str, object])
+        self._converters: dict[type, _Converter] = {}
+        if encoding == "json":
+            self._frame: Any = msgspec.json.Decoder(list[union])  # type: ignore[valid-type]
+            self._one: Any = msgspec.json.Decoder(union)
+            self._raw: Any = msgspec.json.Decoder(list[msgspec.Raw])
+            return
+        twins: list[type[msgspec.Struct]] = []
+        for member in _union_members(union):
+            twin = _wire_twin(member)
+            twins.append(twin)
+            if twin is not member:
+                self._converters[twin] = _Converter(member)
+        wire_union = twins[0]
+        for twin in twins[1:]:
+            wire_union = wire_union | twin  # type: ignore[assignment]
+        self._frame = msgspec.msgpack.Decoder(list[wire_union])  # type: ignore[valid-type]
+        self._one = msgspec.msgpack.Decoder(wire_union)
+        self._raw = msgspec.msgpack.Decoder(list[msgspec.Raw])
 
     def decode(self, frame: bytes, recv_ns: int) -> DecodedFrame:
         """Decode a frame and stamp every message with `recv_ns`."""
         try:
             messages: list[AnyMessage] = self._frame.decode(frame)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, ValueError):
             return self._decode_each(frame, recv_ns)
+        if self._converters:
+            try:
+                return DecodedFrame(self._convert_all(messages, recv_ns))
+            except ValueError:
+                return self._decode_each(frame, recv_ns)
         for message in messages:
             message.recv_ns = recv_ns
         return DecodedFrame(messages)
+
+    def _convert_all(self, messages: list[Any], recv_ns: int) -> list[AnyMessage]:
+        converters = self._converters
+        out: list[AnyMessage] = []
+        for message in messages:
+            convert = converters.get(type(message))
+            if convert is None:
+                message.recv_ns = recv_ns
+                out.append(message)
+            else:
+                out.append(convert(message, recv_ns))
+        return out
 
     def _decode_each(self, frame: bytes, recv_ns: int) -> DecodedFrame:
         out = DecodedFrame()
         try:
             parts = self._raw.decode(frame)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, ValueError) as exc:
             out.rejects.append(Reject(bytes(frame), "malformed_frame", str(exc)))
             return out
+        if not isinstance(parts, list):  # pragma: no cover -- the decoder's type is a list
+            parts = []
         for part in parts:
             raw = bytes(part)
             try:
                 message: AnyMessage = self._one.decode(raw)
-            except msgspec.DecodeError as exc:
+                if self._converters:
+                    message = self._convert_all([message], recv_ns)[0]
+            except (msgspec.DecodeError, ValueError) as exc:
                 out.rejects.append(Reject(raw, self._reason(raw, exc), str(exc)))
                 continue
             message.recv_ns = recv_ns
             out.messages.append(message)
         return out
 
-    def _reason(self, raw: bytes, exc: msgspec.DecodeError) -> str:
+    def _reason(self, raw: bytes, exc: Exception) -> str:
         if "missing required field `T`" in str(exc):
             return "missing_type"
         if "`$.T`" in str(exc):
             try:
-                tag = self._probe.decode(raw).get("T")
+                if self.encoding == "json":
+                    tag = self._probe_json.decode(raw).get("T")
+                else:
+                    tag = msgspec.msgpack.decode(raw, type=dict[str, object]).get("T")
             except msgspec.DecodeError:
                 return "invalid_message"
             return "missing_type" if tag is None else "unknown_type"
