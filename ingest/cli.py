@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,6 +29,7 @@ from ingest.config import (
 )
 from ingest.errors import ConfigError, CredentialsError, IngestError
 from ingest.logconfig import configure_logging
+from ingest.metrics import Metrics
 from ingest.sdnotify import Notifier
 from ingest.status_cli import DEFAULT_URL, status_command
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from streams.base import Source
+from streams.recorder import FrameRecorder, open_recorder
 
 __all__ = ["main"]
 
@@ -62,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--source", choices=("sim", "alpaca", "replay"))
     run.add_argument("--replay", type=Path, help="recording file or folder (with --source replay)")
     run.add_argument("--speed", default="max", help="replay pace: 1, 10, ... or max")
+    run.add_argument("--record", type=Path, help="write every received frame to DIR (alpaca)")
     run.add_argument("--data-dir", type=Path)
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--log-format", choices=("console", "json"), default=None)
@@ -117,40 +121,64 @@ def _speed(text: str) -> float | None:
     return speed
 
 
-def _source(settings: Settings, args: argparse.Namespace) -> Source:
+def _source(
+    settings: Settings,
+    args: argparse.Namespace,
+    metrics: Metrics,
+    recorder: FrameRecorder | None,
+) -> Source:
     source = settings.ingest.source
+    if source == "alpaca":
+        from streams.alpaca import AlpacaSource
+
+        streams = {name: settings.streams[name] for name in settings.ingest.streams}
+        return AlpacaSource(settings.alpaca, streams, metrics=metrics, recorder=recorder)
     if source == "sim":
         from streams.sim import SimSource
 
         return SimSource(settings, settings.ingest.streams)
-    if source == "replay":
-        if args.replay is None:
-            msg = "--source replay needs --replay PATH (a recording file or folder)"
-            raise ConfigError(msg)
-        from streams.replay import ReplaySource
+    from streams.replay import ReplaySource
 
-        default: StreamName = settings.ingest.streams[0] if args.streams else "stocks"
-        return ReplaySource(args.replay, speed=_speed(args.speed), default_stream=default)
-    msg = "source 'alpaca' is not available in this build yet; use 'sim' or 'replay'"
-    raise ConfigError(msg)
+    default: StreamName = settings.ingest.streams[0] if args.streams else "stocks"
+    return ReplaySource(args.replay, speed=_speed(args.speed), default_stream=default)
+
+
+def _check_run_args(settings: Settings, args: argparse.Namespace) -> None:
+    """Refuse flag combinations that cannot work, before anything starts."""
+    source = settings.ingest.source
+    if args.record is not None and source != "alpaca":
+        msg = f"--record records a live feed; it needs --source alpaca, not {source!r}"
+        raise ConfigError(msg)
+    if source == "replay" and args.replay is None:
+        msg = "--source replay needs --replay PATH (a recording file or folder)"
+        raise ConfigError(msg)
+    _speed(args.speed)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    _check_run_args(settings, args)
     configure_logging(args.log_format or "auto")
-    source = _source(settings, args)
     interactive = sys.stdout.isatty()
-    with Notifier.from_env() as notifier:
-        result = anyio.run(
-            lambda: run_daemon(
+
+    async def daemon(notifier: Notifier) -> RunResult:
+        metrics = Metrics()
+        async with AsyncExitStack() as stack:
+            recorder = None
+            if args.record is not None:
+                recorder = await stack.enter_async_context(open_recorder(args.record))
+            return await run_daemon(
                 settings,
-                source,
+                _source(settings, args, metrics, recorder),
                 duration=args.duration,
                 handle_signals=True,
+                metrics=metrics,
                 notifier=notifier,
                 progress_seconds=5.0 if interactive else 30.0,
             )
-        )
+
+    with Notifier.from_env() as notifier:
+        result = anyio.run(daemon, notifier)
     print(format_summary(result))
     return EXIT_OK
 

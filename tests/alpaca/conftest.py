@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from ingest.config import AlpacaSettings, StreamName
+from ingest.config import STREAMS, AlpacaSettings, StreamName
 from streams.alpaca.credentials import Credentials
 from tests.alpaca.fake_alpaca import FakeAlpaca
 
@@ -68,7 +69,11 @@ def settings_for(fake: FakeAlpaca, **changes: Any) -> AlpacaSettings:
 
 
 def load_examples(stream: StreamName) -> list[dict[str, Any]]:
-    """Every real data message example of a stream type from the payload fixtures."""
+    """Every real data message example of a stream type (read at import, off the event loop)."""
+    return copy.deepcopy(_EXAMPLES[stream])
+
+
+def _read_examples(stream: StreamName) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for path in sorted(DATA.glob(_PREFIX[stream] + "*.json")):
         document = json.loads(path.read_text())
@@ -82,6 +87,9 @@ def load_examples(stream: StreamName) -> list[dict[str, Any]]:
                     continue  # the JS SDK's synthetic quote has `c` as a string
                 out.append(message)
     return out
+
+
+_EXAMPLES: dict[StreamName, list[dict[str, Any]]] = {s: _read_examples(s) for s in STREAMS}
 
 
 class ListSink:
