@@ -39,17 +39,14 @@ def _number(value: float) -> str:
 
 
 @dataclass(slots=True)
-class Counter:
-    """A monotonically increasing count per label set."""
+class _Sample:
+    """One number per label set; counters and gauges differ only in how it changes."""
 
     name: str
     help: str
     label_names: Labels = ()
     values: dict[Labels, float] = field(default_factory=dict)
-
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        """Add `amount` for this label set."""
-        self.values[labels] = self.values.get(labels, 0.0) + amount
+    kind = "untyped"
 
     def get(self, *labels: str) -> float:
         """The current value for this label set (0 if never touched)."""
@@ -57,7 +54,7 @@ class Counter:
 
     def render(self) -> list[str]:
         """Prometheus exposition lines."""
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
         lines += [
             f"{self.name}{_labels(self.label_names, k)} {_number(v)}"
             for k, v in sorted(self.values.items())
@@ -66,30 +63,25 @@ class Counter:
 
 
 @dataclass(slots=True)
-class Gauge:
+class Counter(_Sample):
+    """A monotonically increasing count per label set."""
+
+    kind = "counter"
+
+    def inc(self, *labels: str, amount: float = 1.0) -> None:
+        """Add `amount` for this label set."""
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+
+@dataclass(slots=True)
+class Gauge(_Sample):
     """A value that goes up and down per label set."""
 
-    name: str
-    help: str
-    label_names: Labels = ()
-    values: dict[Labels, float] = field(default_factory=dict)
+    kind = "gauge"
 
     def set(self, value: float, *labels: str) -> None:
         """Set the value for this label set."""
         self.values[labels] = value
-
-    def get(self, *labels: str) -> float:
-        """The current value for this label set (0 if never set)."""
-        return self.values.get(labels, 0.0)
-
-    def render(self) -> list[str]:
-        """Prometheus exposition lines."""
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
-        lines += [
-            f"{self.name}{_labels(self.label_names, k)} {_number(v)}"
-            for k, v in sorted(self.values.items())
-        ]
-        return lines
 
 
 LATENCY_BUCKETS: Final = (

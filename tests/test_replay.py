@@ -65,6 +65,28 @@ def write_recording(path: Path) -> int:
     return 13
 
 
+def replay_command(recording: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ingest run --source replay --replay RECORDING ARGS...` as a user runs it."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ingest",
+            "run",
+            "--source",
+            "replay",
+            "--replay",
+            str(recording),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+
+
 class TestReplay:
     def test_replay_ends_by_itself_with_every_trade(self, settings: Settings) -> None:
         """Every recorded trade lands once; the malformed line is quarantined; the run ends."""
@@ -136,28 +158,8 @@ class TestReplayCommand:
         """`ingest run --source replay --replay PATH --speed max` writes the dataset and exits 0."""
         recording = tmp_path / "session.jsonl"
         expected = write_recording(recording)
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ingest",
-                "run",
-                "--source",
-                "replay",
-                "--replay",
-                str(recording),
-                "--speed",
-                "max",
-                "--data-dir",
-                str(tmp_path / "d"),
-                "--streams",
-                "stocks",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-            check=False,
+        proc = replay_command(
+            recording, "--speed", "max", "--data-dir", str(tmp_path / "d"), "--streams", "stocks"
         )
         assert proc.returncode == 0, proc.stderr
         assert count(tmp_path / "d", "stocks", "trades") == expected
@@ -216,27 +218,7 @@ class TestRealTradesThroughTheCommand:
         """Real CME trades replayed by `ingest run` give Databento's 1-minute bars exactly."""
         recording = tmp_path / "esu4.jsonl"
         cme_recording(recording)
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ingest",
-                "run",
-                "--source",
-                "replay",
-                "--replay",
-                str(recording),
-                "--data-dir",
-                str(tmp_path / "d"),
-                "--streams",
-                "stocks",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-            check=False,
-        )
+        proc = replay_command(recording, "--data-dir", str(tmp_path / "d"), "--streams", "stocks")
         assert proc.returncode == 0, proc.stderr
         bars = query(
             tmp_path / "d",
