@@ -140,7 +140,6 @@ async def run_daemon(
                 stream_groups.start_soon(
                     _report_progress,
                     routers,
-                    dataset,
                     metrics,
                     state,
                     notifier,
@@ -228,7 +227,6 @@ async def _sample_queues(
 
 async def _report_progress(
     routers: Mapping[StreamName, StreamRouter],
-    dataset: Dataset,
     metrics: Metrics,
     state: DaemonState,
     notifier: Notifier,
@@ -236,28 +234,31 @@ async def _report_progress(
     every: float,
 ) -> None:
     """One structured line per stream every `every` seconds while running; STATUS= for systemd."""
-    last = {stream: 0.0 for stream in routers}
+    last = {stream: (0.0, 0) for stream in routers}
     while not stop.is_set():
         with anyio.move_on_after(every):
             await stop.wait()
         if stop.is_set():
             return
+        now = time.time_ns()
         for stream, router in routers.items():
             total = sum(v for k, v in metrics.messages.values.items() if k[0] == stream)
-            depth = router.queue_depth()
-            metrics.queue_depth.set(depth, stream)
-            rows = sum(w.stats.rows for (s, _), w in dataset.writers.items() if s == stream)
+            rows = int(sum(v for k, v in metrics.rows.values.items() if k[0] == stream))
+            newest = max((s.last_event_ns for s in router.symbols.values()), default=0)
+            seen, written = last[stream]
             log.info(
                 "stream_progress",
                 stream=stream,
-                msgs_per_s=round((total - last[stream]) / every, 1),
+                msgs_per_s=round((total - seen) / every, 1),
+                rows_per_s=round((rows - written) / every, 1),
                 messages=int(total),
                 rows_written=rows,
                 symbols=len(router.symbols),
-                queue_depth=depth,
+                queue_depth=router.queue_depth(),
                 errors=int(metrics.symbol_failures.get(stream)),
+                lag_s=round((now - newest) / 1e9, 3) if newest else None,
             )
-            last[stream] = total
+            last[stream] = (total, rows)
         notifier.status(state.summary())
 
 

@@ -174,7 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 handle_signals=True,
                 metrics=metrics,
                 notifier=notifier,
-                progress_seconds=5.0 if interactive else 30.0,
+                progress_seconds=5.0 if interactive else settings.server.log_interval,
             )
 
     with Notifier.from_env() as notifier:

@@ -183,6 +183,8 @@ class ServerSettings:
 
     listen: str = "127.0.0.1:8787"
     token: str | None = None
+    log_interval: float = 30.0
+    """Seconds between the one-line-per-stream performance logs (5 s on a terminal)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,6 +511,7 @@ def _server(raw: _Section) -> ServerSettings:
     settings = ServerSettings(
         listen=raw.take("listen", listen, d.listen),
         token=raw.take("token", lambda k, v: _str(k, v) or None, d.token),
+        log_interval=raw.take("log_interval", parse_duration, d.log_interval),
     )
     raw.finish(_known(ServerSettings))
     return settings

@@ -34,6 +34,11 @@ class TestDefaults:
         settings = settings_from_mapping({"storage": {"roll_seconds": "2m"}})
         assert settings.storage.roll_seconds == 120.0
 
+    def test_performance_log_interval(self) -> None:
+        """The periodic performance line's interval is a duration under [server]."""
+        settings = settings_from_mapping({"server": {"log_interval": "10s"}})
+        assert settings.server.log_interval == 10.0
+
     def test_time_bar_sizes(self) -> None:
         """Time bars take s, m, h and d sizes."""
         settings = settings_from_mapping({"pipeline": {"bars": ["time:5s", "time:1h", "time:1d"]}})

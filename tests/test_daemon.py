@@ -188,3 +188,15 @@ class TestMetrics:
         assert sum(buckets) == on_disk
         assert metrics.messages.get("stocks", "trades") == on_disk
         assert 'ingest_queue_depth{stream="stocks"}' in metrics.render()
+
+
+class TestPerformanceLog:
+    def test_one_line_per_stream_each_interval(self, settings: Settings) -> None:
+        """Every interval, one stream_progress line per stream with rates, errors and depth."""
+        with capture_logs() as logs:
+            run_sim(settings, seconds=1.6, progress_seconds=0.5)
+        lines = [e for e in logs if e["event"] == "stream_progress"]
+        assert {e["stream"] for e in lines} == set(settings.ingest.streams)
+        assert len(lines) >= 2 * len(settings.ingest.streams)
+        for key in ("msgs_per_s", "rows_per_s", "queue_depth", "errors", "lag_s"):
+            assert all(key in e for e in lines), key
