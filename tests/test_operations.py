@@ -9,7 +9,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import pytest
@@ -22,6 +22,7 @@ from tests.ops.notify_listener import NotifyListener
 
 if TYPE_CHECKING:
     from ingest.config import Settings
+    from ingest.router import StreamRouter
     from ingest.state import DaemonState
 
 ROOT = Path(__file__).parent.parent
@@ -181,3 +182,45 @@ class TestShards:
                 seen[name] += shard.streams[name].symbols
         for name in STREAMS:
             assert sorted(seen[name]) == sorted(base.streams[name].symbols), name
+
+
+class TestHealth:
+    def test_unhealthy_until_ready_and_when_silent(self, settings: Settings) -> None:
+        """Not ready: 'not connected'; ready but silent past the staleness limit: 'no message'."""
+        import dataclasses
+
+        from ingest.metrics import Metrics
+        from ingest.state import DaemonState
+
+        quick = settings.replace(alpaca=dataclasses.replace(settings.alpaca, staleness_seconds=0.0))
+        state = DaemonState(quick, Metrics(), "sim")
+        state.attach({"stocks": cast("StreamRouter", _QuietRouter())})
+        ok, reason = state.health()
+        assert not ok
+        assert reason == "stocks: not connected"
+        state.ready = True
+        ok, reason = state.health()
+        assert not ok
+        assert reason.startswith("stocks: no message for")
+
+    def test_alpaca_connection_comes_from_the_gauge(self, settings: Settings) -> None:
+        """For the live source, connected means the source set its gauge to 1."""
+        from ingest.metrics import Metrics
+        from ingest.state import DaemonState
+
+        metrics = Metrics()
+        state = DaemonState(settings, metrics, "alpaca")
+        state.attach({"stocks": cast("StreamRouter", _QuietRouter())})
+        state.ready = True
+        assert state.health() == (False, "stocks: not connected")
+        metrics.connected.set(1, "stocks")
+        assert state.health() == (True, "ok")
+
+
+class _QuietRouter:
+    """A router with no symbol state: a stream that has said nothing yet."""
+
+    symbols: dict[str, Any] = {}  # noqa: RUF012 -- read-only stand-in
+
+    def queue_depth(self) -> int:
+        return 0
