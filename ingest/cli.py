@@ -8,6 +8,7 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from contextlib import AsyncExitStack
@@ -89,23 +90,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(path)
     ingest = settings.ingest
     if getattr(args, "streams", None):
-        ingest = _replace(ingest, streams=parse_streams("--streams", args.streams))
+        ingest = dataclasses.replace(ingest, streams=parse_streams("--streams", args.streams))
     if getattr(args, "source", None):
-        ingest = _replace(ingest, source=args.source)
+        ingest = dataclasses.replace(ingest, source=args.source)
     if getattr(args, "data_dir", None):
-        ingest = _replace(ingest, data_dir=args.data_dir)
+        ingest = dataclasses.replace(ingest, data_dir=args.data_dir)
     if getattr(args, "shard", None):
-        ingest = _replace(ingest, shard=parse_shard("--shard", args.shard))
+        ingest = dataclasses.replace(ingest, shard=parse_shard("--shard", args.shard))
     settings = shard_settings(settings.replace(ingest=ingest))
     if ingest.source != "replay":
         check_streams(settings)
     return settings
-
-
-def _replace(obj: Any, **changes: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
 
 
 def _speed(text: str) -> float | None:
@@ -217,7 +212,6 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def render_settings(settings: Settings) -> str:
     """The effective configuration as TOML, secrets redacted."""
-    import dataclasses
 
     def value(v: Any) -> str:
         if isinstance(v, str | Path):

@@ -335,7 +335,7 @@ class _Section:
         self._raw: dict[str, object] = dict(raw)
 
     def key(self, key: str) -> str:
-        return f"{self.name}.{key}"
+        return f"{self.name}.{key}" if self.name else key
 
     def take(self, key: str, parse: Callable[[str, object], T], default: T) -> T:
         if key not in self._raw:
@@ -545,28 +545,22 @@ def _rfc3339(key: str, value: object) -> str:
 
 def settings_from_mapping(raw: Mapping[str, object]) -> Settings:
     """Validate a parsed TOML document into `Settings`."""
-    top = _Section("config", dict(raw))
-    top.name = ""  # top-level keys are named bare
-    ingest = _ingest(_Section("ingest", top._raw.pop("ingest", {})))
-    alpaca = _alpaca(_Section("alpaca", top._raw.pop("alpaca", {})))
-    streams_raw = _Section("streams", top._raw.pop("streams", {}))
+    top = _Section("", dict(raw))
+    ingest = _ingest(top.table("ingest"))
+    alpaca = _alpaca(top.table("alpaca"))
+    streams_raw = top.table("streams")
     streams = {name: _stream(name, streams_raw.table(name)) for name in STREAMS}
     streams_raw.finish(STREAMS)
     settings = Settings(
         ingest=ingest,
         alpaca=alpaca,
         streams=streams,
-        pipeline=_pipeline(_Section("pipeline", top._raw.pop("pipeline", {}))),
-        storage=_storage(_Section("storage", top._raw.pop("storage", {}))),
-        server=_server(_Section("server", top._raw.pop("server", {}))),
-        sim=_sim(_Section("sim", top._raw.pop("sim", {}))),
+        pipeline=_pipeline(top.table("pipeline")),
+        storage=_storage(top.table("storage")),
+        server=_server(top.table("server")),
+        sim=_sim(top.table("sim")),
     )
-    for key in top._raw:
-        msg = (
-            f"config key {key!r} is unknown; known sections: "
-            "ingest, alpaca, streams, pipeline, storage, server, sim"
-        )
-        raise ConfigError(msg)
+    top.finish(("ingest", "alpaca", "streams", "pipeline", "storage", "server", "sim"))
     check_streams(settings)
     return settings
 

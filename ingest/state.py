@@ -48,6 +48,7 @@ class DaemonState:
         self._metrics = metrics
         self._source = source_name
         self._started = time.monotonic()
+        self._started_wall = time.time()
         self._routers: Mapping[StreamName, StreamRouter] = {}
         self._rates: dict[tuple[str, str], _Rate] = {}
         self.ready = False
@@ -75,10 +76,6 @@ class DaemonState:
         last = max((s.last_recv_ns for s in router.symbols.values()), default=0) if router else 0
         since = last / _NS if last else self._started_wall
         return time.time() - since
-
-    @property
-    def _started_wall(self) -> float:
-        return time.time() - (time.monotonic() - self._started)
 
     def health(self) -> tuple[bool, str]:
         """(True, "ok") when every stream is connected and has spoken recently enough."""

@@ -56,10 +56,7 @@ class WriterStats:
 
     rows: int = 0
     files: int = 0
-    bytes: int = 0
-    pending: int = 0
     last_seal_ns: int = 0
-    errors: int = 0
 
 
 def fsync_dir(path: Path) -> None:
@@ -73,8 +70,8 @@ def fsync_dir(path: Path) -> None:
 
 def write_parquet_atomically(
     table: pa.Table, directory: Path, name: str, *, compression: str, fsync: bool
-) -> int:
-    """Write `table` as `directory/name` via a temporary file and a rename; returns its size."""
+) -> None:
+    """Write `table` as `directory/name` via a temporary file and a rename."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / name
     temporary = directory / f".{name}.tmp"
@@ -100,7 +97,6 @@ def write_parquet_atomically(
         temporary.unlink(missing_ok=True)
         msg = f"cannot write {str(final)!r}: {exc.strerror or exc}"
         raise StorageError(msg) from exc
-    return final.stat().st_size
 
 
 def prepare(table: pa.Table, spec: TableSpec) -> pa.Table:
@@ -174,7 +170,6 @@ class TableWriter:
         while len(self._buffer) >= self._high_water and not self._closing:
             await self._drained.wait()
         self._buffer.extend(records)
-        self.stats.pending = len(self._buffer)
         if len(self._buffer) >= self._settings.roll_rows:
             self._full.set()
 
@@ -204,7 +199,6 @@ class TableWriter:
         try:
             rows, recv_ns = await anyio.to_thread.run_sync(self._write, records)
         except StorageError as exc:
-            self.stats.errors += 1
             self._metrics.storage_errors.inc(self.stream, self.spec.name)
             self._buffer[:0] = records  # keep them for the next attempt
             log.error("seal_failed", stream=self.stream, table=self.spec.name, error=str(exc))
@@ -215,7 +209,6 @@ class TableWriter:
             latency = (sealed_ns - recv_ns) / 1e9
             self._metrics.seal_latency.observe_many(latency, self.stream, self.spec.name)
         finally:
-            self.stats.pending = len(self._buffer)
             self._drained.set()
             self._drained = anyio.Event()
 
@@ -228,7 +221,7 @@ class TableWriter:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(first // 1_000_000_000))
             self._seq += 1
             name = f"part-{stamp}-{self._writer_id}-{self._seq:06d}.parquet"
-            size = write_parquet_atomically(
+            write_parquet_atomically(
                 part,
                 self._directory / f"date={day}",
                 name,
@@ -237,7 +230,6 @@ class TableWriter:
             )
             self.stats.rows += part.num_rows
             self.stats.files += 1
-            self.stats.bytes += size
         self.stats.last_seal_ns = time.time_ns()
         log.debug("file_sealed", stream=self.stream, table=self.spec.name, rows=table.num_rows)
         return table.num_rows, table["recv_ts"].cast(pa.int64()).to_numpy()
