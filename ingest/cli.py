@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 from contextlib import AsyncExitStack
@@ -80,7 +81,33 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate and print the configuration")
     check.add_argument("--config", type=Path)
+
+    bench = commands.add_parser("bench", help="measure throughput and latency on this machine")
+    bench.add_argument("--config", type=Path, help="[pipeline] and [storage] to measure")
+    bench.add_argument("--ticks", type=_positive_int, default=1_000_000)
+    bench.add_argument("--symbols", type=_positive_int, default=200)
+    bench.add_argument("--per-frame", type=_positive_int, default=50, help="messages per frame")
+    bench.add_argument("--stream", choices=("stocks", "options"), default="stocks")
+    bench.add_argument("--stage", choices=("decode", "pipeline", "storage", "e2e"))
+    bench.add_argument(
+        "--rate",
+        type=float,
+        default=100_000.0,
+        help="offered ticks/s of the latency run (0: skip)",
+    )
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        msg = f"{text!r} is not a positive whole number"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -210,6 +237,23 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ingest.bench import STAGES, BenchOptions, run_bench
+
+    settings = _settings(args)
+    configure_logging("console", level=logging.WARNING)
+    options = BenchOptions(
+        ticks=args.ticks,
+        symbols=args.symbols,
+        per_frame=args.per_frame,
+        stream=args.stream,
+        stages=(args.stage,) if args.stage else STAGES,
+        rate=args.rate,
+    )
+    print(run_bench(options, settings, as_json=args.json))
+    return EXIT_OK
+
+
 def render_settings(settings: Settings) -> str:
     """The effective configuration as TOML, secrets redacted."""
 
@@ -255,9 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = EXIT_OK
     try:
         args = _parser().parse_args(argv)
-        handler = {"run": _cmd_run, "check-config": _cmd_check_config, "status": _cmd_status}[
-            args.command
-        ]
+        handler = {
+            "run": _cmd_run,
+            "check-config": _cmd_check_config,
+            "status": _cmd_status,
+            "bench": _cmd_bench,
+        }[args.command]
         code = handler(args)
     except* ConfigError as group:
         code = _fail(group, EXIT_USAGE)

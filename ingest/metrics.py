@@ -103,6 +103,29 @@ LATENCY_BUCKETS: Final = (
     60.0,
     120.0,
 )
+FAST_BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+"""For in-process latencies, which should stay near a millisecond."""
 
 
 @dataclass(slots=True)
@@ -115,6 +138,7 @@ class Histogram:
     buckets: tuple[float, ...] = LATENCY_BUCKETS
     counts: dict[Labels, list[int]] = field(default_factory=dict)
     sums: dict[Labels, float] = field(default_factory=dict)
+    maxima: dict[Labels, float] = field(default_factory=dict)
 
     def observe(self, value: float, *labels: str, count: int = 1) -> None:
         """Record `count` observations of `value`."""
@@ -122,8 +146,27 @@ class Histogram:
         if slots is None:
             slots = self.counts[labels] = [0] * (len(self.buckets) + 1)
             self.sums[labels] = 0.0
+            self.maxima[labels] = value
         slots[bisect.bisect_left(self.buckets, value)] += count
         self.sums[labels] += value * count
+        if value > self.maxima[labels]:
+            self.maxima[labels] = value
+
+    def quantile(self, q: float, *labels: str) -> float:
+        """Estimate the q-quantile as Prometheus' `histogram_quantile` does, capped by the max."""
+        slots = self.counts.get(labels)
+        if not slots:
+            return math.nan
+        rank = q * sum(slots)
+        running = 0
+        lower = 0.0
+        for bound, n in zip((*self.buckets, math.inf), slots, strict=True):
+            if n and running + n >= rank:
+                upper = min(bound, self.maxima[labels])
+                return lower + (upper - lower) * max(rank - running, 0) / n
+            running += n
+            lower = bound
+        return self.maxima[labels]
 
     def observe_many(self, values: npt.NDArray[np.float64], *labels: str) -> None:
         """Record every value of an array (one bucket search for all of them)."""
@@ -137,6 +180,9 @@ class Histogram:
         for index, n in enumerate(np.bincount(found, minlength=len(slots)).tolist()):
             slots[index] += n
         self.sums[labels] += float(values.sum())
+        top = float(values.max())
+        if top > self.maxima.get(labels, -math.inf):
+            self.maxima[labels] = top
 
     def render(self) -> list[str]:
         """Prometheus exposition lines."""
@@ -210,6 +256,14 @@ class Metrics:
             ("stream",),
         )
     )
+    pipeline_latency: Histogram = field(
+        default_factory=lambda: Histogram(
+            "ingest_pipeline_latency_seconds",
+            "Receipt of a symbol batch's oldest message to the batch's pipeline output.",
+            ("stream",),
+            FAST_BUCKETS,
+        )
+    )
     seal_latency: Histogram = field(
         default_factory=lambda: Histogram(
             "ingest_seal_latency_seconds",
@@ -253,6 +307,7 @@ class Metrics:
             self.queue_depth,
             self.connected,
             self.latency,
+            self.pipeline_latency,
             self.seal_latency,
             self.backfilled,
             self.live_clients,

@@ -1,9 +1,13 @@
 """One stream type at run time: the demultiplexer and one supervised task per symbol.
 
-The source hands every frame of the stream to `deliver`, which splits it by symbol and sends each
-symbol its part of the frame as one batch over a bounded memory stream: a task hop per symbol per
-frame, never per message. Each symbol task owns that symbol's pipeline state; an exception inside it
-is logged with the symbol, counted, and the state is rebuilt while every other symbol goes on.
+The source hands every frame of the stream to `deliver`, which splits it by symbol into pending
+batches and returns without a task switch. The router's flusher hands each symbol its pending batch
+over a bounded memory stream whenever the event loop gets to it: at once when frames trickle in,
+after many frames when they arrive faster than the loop turns (up to `BATCH_MESSAGES`, after which
+`deliver` waits for the flush). So a symbol task wakes once per burst, never once per message,
+and batches grow with the load. Each symbol task owns that symbol's pipeline state; an exception
+inside it is logged with the symbol, counted, and the state is rebuilt while every other symbol
+goes on.
 """
 
 from __future__ import annotations
@@ -11,17 +15,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import anyio
-import numpy as np
-import pyarrow as pa
 import structlog
 
+from ingest.batch import SymbolBatch, build_batches
 from ingest.config import PipelineSettings, Settings, StreamName
 from ingest.pipeline import PipelineOutput, SymbolPipeline
 from storage.parquet import SEAL_GRACE_SECONDS, Dataset
-from storage.schemas import parse_timestamps, table_for
+from storage.schemas import table_for
 from streams.messages import AnyMessage, CryptoTrade, NewsArticle, OptionTrade, StockTrade
 
 if TYPE_CHECKING:
@@ -36,8 +39,11 @@ __all__ = ["BarListener", "PipelineFactory", "StreamRouter", "SymbolState"]
 
 log = structlog.get_logger("router")
 
-Batch = list[AnyMessage]
+Tables = dict[str, list[AnyMessage]]
+_UNKNOWN: Final = "?"
 Trade = StockTrade | CryptoTrade | OptionTrade
+BATCH_MESSAGES: Final = 32_768
+"""Pending messages of one stream at which `deliver` waits for the flusher to hand them over."""
 PipelineFactory = Callable[[str, PipelineSettings], SymbolPipeline]
 WILDCARD = "*"
 
@@ -81,9 +87,15 @@ class StreamRouter:
         self._metrics = metrics
         self._factory = pipeline_factory
         self._on_bar = on_bar
-        self._sends: dict[str, MemoryObjectSendStream[Batch]] = {}
+        self._sends: dict[str, MemoryObjectSendStream[SymbolBatch]] = {}
         self._group: anyio.abc.TaskGroup | None = None
-        self._closed = anyio.Event()
+        self._closed = False
+        self._pending: dict[str, Tables] = {}
+        self._pending_count = 0
+        self._wake = anyio.Event()
+        """Set when there is something to flush, or on close."""
+        self._room = anyio.Event()
+        """Set by each flush: wakes a `deliver` waiting for the pending batches to shrink."""
         self._tables: dict[type, str | None] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -96,21 +108,25 @@ class StreamRouter:
                 if symbol != WILDCARD:
                     self._spawn(symbol)
             task_status.started()
-            await self._closed.wait()
+            await self._flush_until_closed()
             for send in self._sends.values():
                 send.close()
 
     def close(self) -> None:
         """No more frames: let every symbol task drain, flush its partial bars and end."""
-        self._closed.set()
+        self._closed = True
+        self._wake.set()
 
     def queue_depth(self) -> int:
-        """Batches waiting across this stream's symbol queues."""
-        return sum(s.statistics().current_buffer_used for s in self._sends.values())
+        """Batches waiting across this stream's symbol queues, plus one if a flush is due."""
+        queued = sum(s.statistics().current_buffer_used for s in self._sends.values())
+        return queued + (1 if self._pending else 0)
 
-    def _spawn(self, symbol: str) -> MemoryObjectSendStream[Batch]:
+    def _spawn(self, symbol: str) -> MemoryObjectSendStream[SymbolBatch]:
         assert self._group is not None, "StreamRouter.run must be started first"
-        send, receive = anyio.create_memory_object_stream[Batch](self._settings.storage.queue_size)
+        send, receive = anyio.create_memory_object_stream[SymbolBatch](
+            self._settings.storage.queue_size
+        )
         self._sends[symbol] = send
         self.symbols.setdefault(symbol, SymbolState())
         self._group.start_soon(self._symbol_task, symbol, receive, name=f"{self.stream}:{symbol}")
@@ -119,38 +135,74 @@ class StreamRouter:
     # --- demultiplexer -------------------------------------------------------------------------
 
     async def deliver(self, frame: Frame) -> None:
-        """Hand a frame's messages to their symbols; a received frame is never half-delivered."""
-        with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
-            if frame.rejects:
-                for reject in frame.rejects:
-                    self._metrics.quarantined.inc(self.stream, reject.reason)
-                await self._quarantine.put(self.stream, frame.recv_ns, frame.rejects)
-            for symbol, batch in self._split(frame.messages).items():
-                send = self._sends.get(symbol) or self._spawn(symbol)
-                if self._settings.storage.backpressure == "block":
-                    await send.send(batch)
-                else:
-                    try:
-                        send.send_nowait(batch)
-                    except anyio.WouldBlock:
-                        self._metrics.dropped.inc(self.stream, amount=len(batch))
+        """Take a frame's messages for their symbols; a received frame is never half-delivered.
 
-    def _split(self, messages: list[AnyMessage]) -> dict[str, Batch]:
-        batches: dict[str, Batch] = {}
+        The common case never awaits: the messages join the pending batches and the flusher is
+        woken. Only quarantine writes and a full pending set wait, shielded from cancellation.
+        """
+        self._split(frame.messages)
+        self._wake.set()
+        if frame.rejects or self._pending_count >= BATCH_MESSAGES:
+            with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
+                if frame.rejects:
+                    for reject in frame.rejects:
+                        self._metrics.quarantined.inc(self.stream, reject.reason)
+                    await self._quarantine.put(self.stream, frame.recv_ns, frame.rejects)
+                while self._pending_count >= BATCH_MESSAGES:
+                    await self._room.wait()
+
+    async def _flush_until_closed(self) -> None:
+        """Hand the pending batches over whenever the loop gets here, until closed and drained."""
+        while True:
+            if not self._pending:
+                if self._closed:
+                    return
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
+            pending, self._pending, self._pending_count = self._pending, {}, 0
+            self._room.set()
+            self._room = anyio.Event()
+            for symbol, batch in build_batches(pending).items():
+                await self._hand_over(symbol, batch)
+
+    async def _hand_over(self, symbol: str, batch: SymbolBatch) -> None:
+        send = self._sends.get(symbol) or self._spawn(symbol)
+        try:
+            send.send_nowait(batch)
+        except anyio.WouldBlock:
+            if self._settings.storage.backpressure == "block":
+                await send.send(batch)
+            else:
+                self._metrics.dropped.inc(self.stream, amount=batch.count)
+
+    def _split(self, messages: list[AnyMessage]) -> None:
+        """Add each data message to its symbol's pending records of its table."""
+        pending = self._pending
+        tables = self._tables
+        taken = 0
         for message in messages:
-            if isinstance(message, NewsArticle):
-                symbol = self._news_route(message)
+            kind = type(message)
+            table = tables.get(kind, _UNKNOWN)
+            if table is _UNKNOWN:
+                table = tables[kind] = table_for(self.stream, kind)
+            if table is None:
+                continue  # control message: the source's business
+            if kind is NewsArticle:
+                symbol = self._news_route(cast("NewsArticle", message))
             else:
-                found: str | None = getattr(message, "S", None)
-                if found is None:
-                    continue  # control message: the source's business
-                symbol = found
-            batch = batches.get(symbol)
-            if batch is None:
-                batches[symbol] = [message]
+                symbol = message.S  # type: ignore[union-attr]
+            by_table = pending.get(symbol)
+            if by_table is None:
+                pending[symbol] = {table: [message]}
             else:
-                batch.append(message)
-        return batches
+                rows = by_table.get(table)
+                if rows is None:
+                    by_table[table] = [message]
+                else:
+                    rows.append(message)
+            taken += 1
+        self._pending_count += taken
 
     def _news_route(self, article: NewsArticle) -> str:
         """An article is written once: by its first symbol that has a task, else by `*`."""
@@ -161,11 +213,14 @@ class StreamRouter:
 
     # --- symbol tasks --------------------------------------------------------------------------
 
-    async def _symbol_task(self, symbol: str, receive: MemoryObjectReceiveStream[Batch]) -> None:
+    async def _symbol_task(
+        self, symbol: str, receive: MemoryObjectReceiveStream[SymbolBatch]
+    ) -> None:
         with structlog.contextvars.bound_contextvars(stream=self.stream, symbol=symbol):
             pipeline = self._factory(symbol, self._settings.pipeline)
             async with receive:
                 async for batch in receive:
+                    _drain_into(batch, receive)
                     try:
                         await self._process(symbol, pipeline, batch)
                     except Exception:
@@ -181,32 +236,22 @@ class StreamRouter:
                     log.exception("symbol_flush_failed")
                     self._metrics.symbol_failures.inc(self.stream)
 
-    async def _process(self, symbol: str, pipeline: SymbolPipeline, batch: Batch) -> None:
-        by_table: dict[str, Batch] = {}
-        tables = self._tables
-        for message in batch:
-            kind = type(message)
-            table = tables.get(kind, "?")
-            if table == "?":
-                table = tables[kind] = table_for(self.stream, kind)
-            if table is not None:
-                by_table.setdefault(table, []).append(message)
-        for table, records in by_table.items():
+    async def _process(self, symbol: str, pipeline: SymbolPipeline, batch: SymbolBatch) -> None:
+        for table, records in batch.tables.items():
             await self._dataset.writer(self.stream, table).put(records)
             self._metrics.messages.inc(self.stream, table, amount=len(records))
         state = self.symbols[symbol]
-        state.messages += len(batch)
-        state.last_recv_ns = batch[-1].recv_ns
-        trades = cast("list[Trade]", by_table.get("trades"))
-        if trades:
-            ts = parse_timestamps([t.t for t in trades]).cast(pa.int64()).to_numpy()
+        state.messages += batch.count
+        state.last_recv_ns = batch.newest_recv_ns()
+        if "trades" in batch.tables:
+            ts, price, size = batch.trade_columns()
             state.last_event_ns = int(ts.max())
-            price = np.fromiter((t.p for t in trades), np.float64, len(trades))
-            size = np.fromiter((t.s for t in trades), np.float64, len(trades))
             output = pipeline.on_trades(ts, price, size)
             lag = (time.time_ns() - state.last_event_ns) / 1e9
-            self._metrics.latency.observe(lag, self.stream, count=len(trades))
-            await self._emit(output, trades[-1].recv_ns)
+            self._metrics.latency.observe(lag, self.stream, count=len(ts))
+            await self._emit(output, state.last_recv_ns)
+        latency = (time.time_ns() - batch.oldest_recv_ns()) / 1e9
+        self._metrics.pipeline_latency.observe(latency, self.stream)
 
     async def _emit(self, output: PipelineOutput, recv_ns: int) -> None:
         if output.bars:
@@ -219,3 +264,12 @@ class StreamRouter:
             for row in output.anomalies:
                 row["recv_ts"] = recv_ns
             await self._dataset.writer(self.stream, "anomalies").put(output.anomalies)
+
+
+def _drain_into(batch: SymbolBatch, receive: MemoryObjectReceiveStream[SymbolBatch]) -> None:
+    """Append every batch already queued: a symbol that fell behind catches up in one call."""
+    while True:
+        try:
+            batch.absorb(receive.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return

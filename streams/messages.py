@@ -57,8 +57,12 @@ NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Symbol = Annotated[str, msgspec.Meta(min_length=1)]
 
 
-class _Message(msgspec.Struct, tag_field="T", kw_only=True):
-    """Fields every message carries once the daemon has it: when it was received."""
+class _Message(msgspec.Struct, tag_field="T", kw_only=True, gc=False):
+    """Fields every message carries once the daemon has it: when it was received.
+
+    `gc=False`: messages never form reference cycles, and hundreds of thousands of them wait in
+    writer buffers; tracked by the cycle collector, every young collection would walk them all.
+    """
 
     recv_ns: int = 0
     """Set by the receiving source, never read from the wire."""
@@ -79,7 +83,7 @@ class StockTrade(_Market, tag="t", kw_only=True):
     x: str
     p: NonNegative
     s: NonNegative
-    c: list[str] = []
+    c: tuple[str, ...] = ()
     z: str = ""
 
 
@@ -92,7 +96,7 @@ class StockQuote(_Market, tag="q", kw_only=True):
     ax: str = ""
     ap: NonNegative
     as_: NonNegative = msgspec.field(name="as")
-    c: list[str] = []
+    c: tuple[str, ...] = ()
     z: str = ""
 
 
@@ -189,7 +193,7 @@ class CryptoQuote(_Market, tag="q", kw_only=True):
     as_: NonNegative = msgspec.field(name="as")
 
 
-class OrderbookLevel(msgspec.Struct, frozen=True):
+class OrderbookLevel(msgspec.Struct, frozen=True, gc=False):
     """One price level; size 0 removes the level."""
 
     p: NonNegative
