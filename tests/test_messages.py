@@ -22,7 +22,7 @@ class TestFastPath:
         trade, quote = decoded.messages
         assert isinstance(trade, StockTrade)
         assert isinstance(quote, StockQuote)
-        assert (trade.i, trade.p, trade.c, trade.recv_ns) == (96921, 126.55, ["@", "I"], 42)
+        assert (trade.i, trade.p, trade.c, trade.recv_ns) == (96921, 126.55, ("@", "I"), 42)
         assert quote.as_ == 4
 
     def test_large_ids_stay_exact(self) -> None:

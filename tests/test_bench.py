@@ -1,0 +1,244 @@
+"""`ingest bench` and the hot-path pieces it measures: workload, flush batching, encodings.
+
+Only correctness is asserted here; speed is what the benchmark reports, never a test verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import TYPE_CHECKING, ClassVar, cast
+
+import anyio
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from ingest.app import run_daemon
+from ingest.batch import build_batches
+from ingest.bench.stages import BenchSource, saturated_batches
+from ingest.bench.workload import make_workload
+from ingest.cli import main
+from ingest.metrics import FAST_BUCKETS, Histogram, Metrics
+from ingest.pipeline import SymbolPipeline
+from streams.messages import FrameDecoder, StockTrade
+from tests.dataset import query
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ingest.config import PipelineSettings, Settings
+    from streams.messages import AnyMessage
+
+REQUIRED = (
+    "e2e_ticks_per_s",
+    "decode_msgs_per_s",
+    "pipeline_ticks_per_s",
+    "p50_frame_latency_ms",
+    "p99_frame_latency_ms",
+    "peak_rss_mb",
+    "parquet_bytes_per_trade",
+)
+
+
+class TestCommand:
+    def test_json_report_has_every_figure(self, capsys: pytest.CaptureFixture[str]) -> None:
+        code = main(["bench", "--ticks", "6000", "--symbols", "12", "--rate", "20000", "--json"])
+        assert code == 0
+        report = json.loads(capsys.readouterr().out)
+        for key in REQUIRED:
+            assert report[key] > 0, key
+        assert report["ticks"] == 6000
+        assert report["symbols"] == 12
+        assert 0 < report["parquet_bytes_per_trade"] < 100
+        assert report["p50_frame_latency_ms"] <= report["p99_frame_latency_ms"]
+        assert report["p99_frame_latency_ms"] <= report["max_frame_latency_ms"]
+
+    def test_one_stage_reports_only_itself(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["bench", "--ticks", "3000", "--stage", "decode", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["decode_json_msgs_per_s"] > 0
+        assert report["decode_msgpack_msgs_per_s"] > 0
+        assert "e2e_ticks_per_s" not in report
+        assert "pipeline_ticks_per_s" not in report
+
+    def test_table_names_each_stage(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["bench", "--ticks", "3000", "--symbols", "5", "--stage", "pipeline"]) == 0
+        out = capsys.readouterr().out
+        assert "pipeline" in out
+        assert "ticks/s" in out
+
+    @pytest.mark.parametrize("flag", ["--ticks", "--symbols", "--per-frame"])
+    def test_bad_numbers_are_usage_errors(
+        self, flag: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["bench", flag, "0"]) == 2
+        err = capsys.readouterr().err
+        assert flag in err
+        assert "Traceback" not in err
+
+
+class TestWorkload:
+    def test_frames_decode_to_the_columns(self) -> None:
+        workload = make_workload(2_000, 7, per_frame=50)
+        decoder = FrameDecoder("stocks")
+        messages = [m for raw in workload.frames for m in decoder.decode(raw, 0).messages]
+        assert len(workload.frames) == 40
+        assert all(isinstance(t, StockTrade) for t in messages)
+        trades = cast("list[StockTrade]", messages)
+        assert [t.S for t in trades] == [workload.symbols[i] for i in workload.symbol_index]
+        assert np.array_equal([t.p for t in trades], workload.price)
+        assert np.array_equal([t.s for t in trades], workload.size)
+
+    def test_options_frames_carry_nanosecond_timestamps(self) -> None:
+        workload = make_workload(500, 4, stream="options")
+        decoder = FrameDecoder("options", "msgpack")
+        first = decoder.decode(workload.frames[0], 0)
+        assert not first.rejects
+        assert first.messages[0].t == "2024-07-01T14:30:00.000000000Z"  # type: ignore[union-attr]
+
+    def test_is_deterministic(self) -> None:
+        assert make_workload(1_000, 9).frames == make_workload(1_000, 9).frames
+
+    def test_saturated_batches_cover_every_trade_once_in_order(self) -> None:
+        workload = make_workload(70_000, 30)
+        batches = saturated_batches(workload)
+        positions = np.concatenate([where for _, where in batches])
+        assert sorted(positions.tolist()) == list(range(70_000))
+        for symbol, where in batches:
+            assert (workload.symbol_index[where] == symbol).all()
+            assert (np.diff(where) > 0).all()
+
+
+def _settings_for(settings: Settings, workload_symbols: list[str]) -> Settings:
+    streams = dict(settings.streams)
+    streams["stocks"] = dataclasses.replace(streams["stocks"], symbols=tuple(workload_symbols))
+    return settings.replace(
+        ingest=dataclasses.replace(settings.ingest, streams=("stocks",)), streams=streams
+    )
+
+
+class CountingPipeline(SymbolPipeline):
+    """The real pipeline, counting how many calls it gets and how many trades."""
+
+    calls: ClassVar[dict[str, list[int]]] = {}
+
+    def __init__(self, symbol: str, settings: PipelineSettings) -> None:
+        super().__init__(symbol, settings)
+        CountingPipeline.calls.setdefault(symbol, [])
+
+    def on_trades(self, ts, price, size):  # type: ignore[no-untyped-def]
+        CountingPipeline.calls[self.symbol].append(len(ts))
+        return super().on_trades(ts, price, size)
+
+
+class TestFlushBatching:
+    def test_a_flood_reaches_symbols_in_few_large_batches(self, settings: Settings) -> None:
+        workload = make_workload(20_000, 10)
+        CountingPipeline.calls = {}
+        metrics = Metrics()
+        anyio.run(
+            lambda: run_daemon(
+                _settings_for(settings, workload.symbols),
+                BenchSource(workload, None),
+                metrics=metrics,
+                pipeline_factory=CountingPipeline,
+            )
+        )
+        calls = CountingPipeline.calls
+        assert sum(map(sum, calls.values())) == 20_000
+        # 400 frames, each touching every symbol: per-frame delivery would be ~4000 calls.
+        assert sum(map(len, calls.values())) < 400
+        assert metrics.pipeline_latency.counts[("stocks",)]
+        sql = "select count(distinct trade_id) from t"
+        assert query(settings.ingest.data_dir, "stocks", "trades", sql) == [(20_000,)]
+
+    def test_paced_frames_go_through_one_at_a_time(self, settings: Settings) -> None:
+        workload = make_workload(1_000, 10, per_frame=50)
+        CountingPipeline.calls = {}
+        anyio.run(
+            lambda: run_daemon(
+                _settings_for(settings, workload.symbols),
+                BenchSource(workload, 5_000.0),  # a frame every 10 ms
+                pipeline_factory=CountingPipeline,
+            )
+        )
+        calls = CountingPipeline.calls
+        assert sum(map(sum, calls.values())) == 1_000
+        assert sum(map(len, calls.values())) > 100  # no waiting to fill batches
+
+
+def _trade(symbol: str, t: str, price: float) -> StockTrade:
+    return StockTrade(S=symbol, t=t, i=1, x="V", p=price, s=1.0)
+
+
+class TestBuildBatches:
+    def test_columns_follow_each_symbols_trades(self) -> None:
+        pending: dict[str, dict[str, list[AnyMessage]]] = {
+            "A": {"trades": [_trade("A", "2024-07-01T14:30:00Z", 1.0)]},
+            "B": {"quotes": []},
+            "C": {
+                "trades": [
+                    _trade("C", "2024-07-01T14:30:01.5Z", 2.0),
+                    _trade("C", "2024-07-01T14:30:02Z", 3.0),
+                ]
+            },
+        }
+        batches = build_batches(pending)
+        assert list(batches) == ["A", "B", "C"]
+        ts, price, _ = batches["C"].trade_columns()
+        assert ts.tolist() == [1719844201500000000, 1719844202000000000]
+        assert price.tolist() == [2.0, 3.0]
+        assert len(batches["B"].trade_columns()[0]) == 0
+
+    def test_a_bad_timestamp_fails_only_its_symbol(self) -> None:
+        pending: dict[str, dict[str, list[AnyMessage]]] = {
+            "A": {"trades": [_trade("A", "2024-07-01T14:30:00Z", 1.0)]},
+            "B": {"trades": [_trade("B", "yesterday", 1.0)]},
+        }
+        batches = build_batches(pending)
+        assert batches["A"].trade_columns()[0].tolist() == [1719844200000000000]
+        with pytest.raises(ValueError, match="yesterday"):
+            batches["B"].trade_columns()
+
+    def test_absorb_appends_tables_and_columns(self) -> None:
+        first = build_batches({"A": {"trades": [_trade("A", "2024-07-01T14:30:00Z", 1.0)]}})
+        later = build_batches({"A": {"trades": [_trade("A", "2024-07-01T14:30:01Z", 2.0)]}})
+        batch = first["A"]
+        batch.absorb(later["A"])
+        assert batch.count == 2
+        assert batch.trade_columns()[1].tolist() == [1.0, 2.0]
+
+
+class TestHistogramQuantile:
+    def test_interpolates_within_buckets_and_caps_at_the_max(self) -> None:
+        histogram = Histogram("h", "help", ("stream",), FAST_BUCKETS)
+        for value in [0.0002] * 98 + [0.0018, 0.0019]:
+            histogram.observe(value, "s")
+        assert 0.0001 < histogram.quantile(0.5, "s") <= 0.00025
+        assert 0.0015 < histogram.quantile(0.99, "s") <= 0.0019
+        assert histogram.quantile(1.0, "s") == pytest.approx(0.0019)
+        assert histogram.maxima[("s",)] == 0.0019
+
+    def test_empty_is_nan(self) -> None:
+        assert np.isnan(Histogram("h", "help").quantile(0.5))
+
+
+class TestEncodings:
+    def test_integers_and_times_are_delta_encoded(self, settings: Settings) -> None:
+        workload = make_workload(5_000, 5)
+        anyio.run(
+            lambda: run_daemon(
+                _settings_for(settings, workload.symbols), BenchSource(workload, None)
+            )
+        )
+        path: Path = next((settings.ingest.data_dir / "stocks" / "trades").rglob("*.parquet"))
+        group = pq.ParquetFile(path).metadata.row_group(0)
+        encodings = {
+            group.column(i).path_in_schema: group.column(i).encodings
+            for i in range(group.num_columns)
+        }
+        for column in ("ts", "trade_id", "recv_ts"):
+            assert "DELTA_BINARY_PACKED" in encodings[column], column
+        for column in ("symbol", "exchange", "price"):
+            assert "RLE_DICTIONARY" in encodings[column], column
