@@ -3,11 +3,11 @@
 The source hands every frame of the stream to `deliver`, which splits it by symbol into pending
 batches and returns without a task switch. The router's flusher hands each symbol its pending batch
 over a bounded memory stream whenever the event loop gets to it: at once when frames trickle in,
-after many frames when they arrive faster than the loop turns (up to `BATCH_MESSAGES`, after which
-`deliver` waits for the flush). So a symbol task wakes once per burst, never once per message,
-and batches grow with the load. Each symbol task owns that symbol's pipeline state; an exception
-inside it is logged with the symbol, counted, and the state is rebuilt while every other symbol
-goes on.
+after many frames when they arrive faster than the loop turns (up to `pending_limit` messages,
+after which `deliver` waits for the flush). So a symbol task wakes once per burst, never once per
+message, and batches grow with the load. Each symbol task owns that symbol's pipeline state; an
+exception inside it is logged with the symbol, counted, and the state is rebuilt while every
+other symbol goes on.
 """
 
 from __future__ import annotations
@@ -43,7 +43,17 @@ Tables = dict[str, list[AnyMessage]]
 _UNKNOWN: Final = "?"
 Trade = StockTrade | CryptoTrade | OptionTrade
 BATCH_MESSAGES: Final = 32_768
-"""Pending messages of one stream at which `deliver` waits for the flusher to hand them over."""
+"""Pending messages of one stream at which `deliver` waits for the flusher to hand them over..."""
+BATCH_PER_SYMBOL: Final = 16
+"""...or this many per symbol task, if more: with thousands of symbols a flush of 32768 would give
+each symbol one or two trades, and the task hop per batch would cost more than the trades."""
+
+
+def pending_limit(symbols: int) -> int:
+    """Pending messages at which a stream of `symbols` symbol tasks flushes before reading on."""
+    return max(BATCH_MESSAGES, BATCH_PER_SYMBOL * symbols)
+
+
 PipelineFactory = Callable[[str, PipelineSettings], SymbolPipeline]
 WILDCARD = "*"
 
@@ -142,13 +152,14 @@ class StreamRouter:
         """
         self._split(frame.messages)
         self._wake.set()
-        if frame.rejects or self._pending_count >= BATCH_MESSAGES:
+        limit = pending_limit(len(self._sends))
+        if frame.rejects or self._pending_count >= limit:
             with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
                 if frame.rejects:
                     for reject in frame.rejects:
                         self._metrics.quarantined.inc(self.stream, reject.reason)
                     await self._quarantine.put(self.stream, frame.recv_ns, frame.rejects)
-                while self._pending_count >= BATCH_MESSAGES:
+                while self._pending_count >= limit:
                     await self._room.wait()
 
     async def _flush_until_closed(self) -> None:

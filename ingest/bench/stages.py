@@ -2,7 +2,7 @@
 
 - decode: `FrameDecoder.decode` over every frame, as a connection does.
 - pipeline: `SymbolPipeline.on_trades` over the batches the router hands the symbol tasks when it
-  is saturated (flushes of `BATCH_MESSAGES` messages, split by symbol).
+  is saturated (flushes of `pending_limit` messages, split by symbol).
 - storage: the trades table writer (`put` per symbol batch, Arrow conversion, Parquet, rename).
 - e2e: the whole daemon (`run_daemon`) fed by an in-process source: decode, demultiplex, symbol
   tasks, pipeline, writers. Flat out for throughput, or paced at an offered rate for latency.
@@ -21,7 +21,7 @@ import numpy as np
 from ingest.app import run_daemon
 from ingest.metrics import Metrics
 from ingest.pipeline import SymbolPipeline, indicator_columns
-from ingest.router import BATCH_MESSAGES
+from ingest.router import pending_limit
 from storage.parquet import open_dataset
 from streams.base import Frame
 from streams.messages import FrameDecoder
@@ -53,13 +53,14 @@ def bench_decode(workload: Workload) -> float:
 def saturated_batches(workload: Workload) -> list[tuple[int, npt.NDArray[np.int64]]]:
     """(symbol, positions of its trades) per batch, as the router hands them over when saturated.
 
-    The router flushes every `BATCH_MESSAGES` messages, one batch per symbol in first-seen order.
+    The router flushes every `pending_limit` messages, one batch per symbol in first-seen order.
     """
     out: list[tuple[int, npt.NDArray[np.int64]]] = []
     index = workload.symbol_index.tolist()
-    for start in range(0, workload.ticks, BATCH_MESSAGES):
+    step = pending_limit(len(workload.symbols))
+    for start in range(0, workload.ticks, step):
         groups: dict[int, list[int]] = {}
-        for position in range(start, min(start + BATCH_MESSAGES, workload.ticks)):
+        for position in range(start, min(start + step, workload.ticks)):
             groups.setdefault(index[position], []).append(position)
         out += [(symbol, np.array(where)) for symbol, where in groups.items()]
     return out
