@@ -24,6 +24,7 @@ import anyio
 import structlog
 
 from ingest import __version__
+from ingest.config import STREAMS
 from ingest.intake import StreamIntake
 from ingest.live import LiveHub
 from ingest.metrics import Metrics
@@ -33,7 +34,7 @@ from ingest.sdnotify import Notifier, run_watchdog
 from ingest.server import serve
 from ingest.state import DaemonState
 from storage.compact import repair_compactions
-from storage.dedup import DedupFilter
+from storage.dedup import DERIVED_TABLES, DedupFilter
 from storage.journal import SegmentWriter, probe_journal
 from storage.parquet import (
     SEAL_GRACE_SECONDS,
@@ -141,7 +142,10 @@ async def run_daemon(
         )
 
     recovered = 0
-    dedup = DedupFilter(settings.storage.dedup_horizon, indicators)
+    longest_bar = max((b.size for b in settings.pipeline.bars if b.kind == "time"), default=0.0)
+    dedup = DedupFilter(
+        settings.storage.dedup_horizon, indicators, derived_window_seconds=longest_bar
+    )
     async with anyio.create_task_group() as root_group:
         await root_group.start(run_watchdog, notifier, state.alive)
         state.port = await root_group.start(serve, settings.server, state, metrics, hub)
@@ -151,6 +155,10 @@ async def run_daemon(
             root_group.start_soon(_stop_after, stop, duration)
         await anyio.to_thread.run_sync(_prepare_storage, settings)
         if settings.storage.journal:
+            derived = DedupFilter(
+                settings.storage.dedup_horizon, indicators, derived_window_seconds=longest_bar
+            )
+            await anyio.to_thread.run_sync(derived.seed, root, STREAMS, DERIVED_TABLES)
             recovered = await recover_journal(
                 settings,
                 writer_id=writer_id,
@@ -166,6 +174,7 @@ async def run_daemon(
                     metrics,
                     pipeline_factory=pipeline_factory,
                 ),
+                admission=derived.admission,
             )
         await anyio.to_thread.run_sync(dedup.seed, root, streams)
         journals = {
@@ -180,6 +189,7 @@ async def run_daemon(
             metadata=metadata,
             indicator_columns=indicators,
             metrics=metrics,
+            admission=dedup.admission,
         ) as dataset:
             routers = {stream: make_router(stream, dataset) for stream in streams}
             intakes = {

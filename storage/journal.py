@@ -140,6 +140,7 @@ def read_segment(path: Path) -> SegmentRead:
                 for r, c, p in zip(recv, codes, payloads, strict=True)
             )
             good = source.tell()
+        good = source.tell()  # past the end-of-stream marker of a closed segment
     except (pa.ArrowInvalid, OSError, IndexError):
         pass  # a torn or garbled tail: everything before it is intact
     return SegmentRead(path, frames, len(data) - good)

@@ -22,6 +22,7 @@ clean stop (docs/operations.md).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -222,10 +223,12 @@ async def recover_journal(
     indicator_columns: Sequence[str],
     metrics: Metrics,
     make_router: Callable[[StreamName, Dataset], RecoveryRouter],
+    admission: Callable[[StreamName, TableSpec], Admission | None] | None = None,
 ) -> int:
     """Replay this shard's orphaned journal segments into the dataset; the frames recovered.
 
-    `make_router(stream, dataset)` builds a `RecoveryRouter` writing into `dataset`.
+    `make_router(stream, dataset)` builds a `RecoveryRouter` writing into `dataset`. Rows pass
+    `admission` (when given) after the sealed marks: the key check of the pipeline's tables.
 
     Raises:
         StorageError: the recovered rows could not be sealed; the segments are kept.
@@ -249,7 +252,7 @@ async def recover_journal(
             metadata=metadata,
             indicator_columns=indicator_columns,
             metrics=metrics,
-            admission=marks.admission,
+            admission=functools.partial(_admission, marks, admission),
         ) as dataset:
             for stream, journaled in claim.frames.items():
                 router = make_router(stream, dataset)
@@ -273,6 +276,19 @@ async def recover_journal(
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lambda: claim.release(delete=False))
+
+
+def _admission(
+    marks: SealedMarks,
+    then: Callable[[StreamName, TableSpec], Admission | None] | None,
+    stream: StreamName,
+    spec: TableSpec,
+) -> Admission | None:
+    first = marks.admission(stream, spec)
+    second = then(stream, spec) if then is not None else None
+    if first is None or second is None:
+        return first or second
+    return lambda records: second(first(records))
 
 
 def _check_sealed(dataset: Dataset) -> None:
