@@ -168,7 +168,9 @@ class DedupFilter:
         newest = int(_times(rows[spec.watermark_column]).max())
         state = self._states.get((stream, table))
         if state is None:
-            state = self._states[(stream, table)] = _State(newest, _NO_FLOOR, np.empty(0, np.int64))
+            state = self._states[(stream, table)] = _State(
+                newest, _NO_FLOOR, np.empty(0, np.int64), self._window(table)
+            )
         state.watermark = max(state.watermark, newest)
         state.extra.update(key_hashes(rows, spec.keys))
         state.retired = False

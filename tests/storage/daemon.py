@@ -99,7 +99,7 @@ def journal_frames(data: Path) -> Iterator[tuple[str, bytes]]:
         try:
             for batch in pa.ipc.open_stream(source):
                 for payload in batch.column("payload").to_pylist():
-                    yield path.parent.name, payload
+                    yield path.parent.name, bytes(payload or b"")
         except pa.ArrowInvalid:
             continue  # a torn tail: the frames before it were yielded
 
