@@ -102,7 +102,11 @@ def content_checksum(table: pa.Table) -> str:
         kind = column.type
         if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_temporal(kind):
             digest.update(np.asarray(column.is_null()).tobytes())
-            values = column.cast(pa.int64()) if pa.types.is_temporal(kind) else column
+            values = column
+            if pa.types.is_date32(kind):
+                values = column.cast(pa.int32())
+            elif pa.types.is_temporal(kind):
+                values = column.cast(pa.int64())
             filled = values.fill_null(pa.scalar(0, values.type))
             digest.update(np.ascontiguousarray(filled.to_numpy()).tobytes())
         else:
