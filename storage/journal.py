@@ -266,10 +266,13 @@ class SegmentWriter:
             return len(done)
 
     def close(self) -> None:
-        """Close the open segment; covered segments stay until `release` deletes them."""
+        """Close every segment and give up its lock; what is left is for the next start."""
         with self._lock:
             if self._current is not None:
                 self._rotate()
+            for segment in self._closed:
+                segment.file.close()
+            self._closed.clear()
 
     # --- internals ---------------------------------------------------------------------------
 

@@ -25,11 +25,11 @@ TradeKey = tuple[str, str, int]
 """(stream, symbol, trade id)."""
 
 
-def write_config(tmp_path: Path, storage: str = "", extra: str = "") -> Path:
-    """A sim config writing to `tmp_path/data`, with `storage` lines under [storage]."""
+def write_config(tmp_path: Path, storage: str = "", extra: str = "", ingest: str = "") -> Path:
+    """A sim config writing to `tmp_path/data`; lines for [storage] and [ingest], more sections."""
     path = tmp_path / "config.toml"
     path.write_text(
-        f'[ingest]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[ingest]\ndata_dir = "{tmp_path / "data"}"\n{ingest}\n'
         '[server]\nlisten = ""\n'
         '[sim]\nticks_per_second = 50\nstart = "2024-07-01T14:30:00Z"\n'
         f"[storage]\n{storage}\n{extra}"
@@ -100,7 +100,7 @@ def journal_frames(data: Path) -> Iterator[tuple[str, bytes]]:
             for batch in pa.ipc.open_stream(source):
                 for payload in batch.column("payload").to_pylist():
                     yield path.parent.name, bytes(payload or b"")
-        except pa.ArrowInvalid:
+        except (pa.ArrowInvalid, OSError):
             continue  # a torn tail: the frames before it were yielded
 
 
