@@ -68,9 +68,14 @@ def visible(root: Path, table: str) -> tuple[int, list[Any], int]:
 
     glob = f"{root}/stocks/{table}/**/*.parquet"
     files = len(list(root.glob(f"stocks/{table}/**/*.parquet")))
-    (row,) = duckdb.sql(
-        f"select count(*), sum(hash(columns(*))) from read_parquet('{glob}', union_by_name=true)"
-    ).fetchall()
+    (row,) = (
+        duckdb.connect()
+        .execute(
+            "select count(*), sum(hash(columns(*))) "
+            f"from read_parquet('{glob}', union_by_name=true)"
+        )
+        .fetchall()
+    )
     return int(row[0]), list(row[1:]), files
 
 
@@ -225,8 +230,8 @@ class TestCrashAtEachStep:
 
 def test_another_compaction_running_is_refused(tmp_path: Path) -> None:
     """Two compactions never run at once on one dataset."""
+    from ingest.errors import StorageError
     from storage.atomic import table_lock
-    from storage.compact import StorageError
 
     (tmp_path / COMPACT_DIR).mkdir()
     with table_lock(tmp_path / COMPACT_DIR, shared=False), pytest.raises(StorageError):

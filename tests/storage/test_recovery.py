@@ -18,12 +18,13 @@ from streams.replay import ReplaySource
 from tests.storage.daemon import Daemon, journaled_trades, stored_trades, write_config
 
 if TYPE_CHECKING:
+    from collections.abc import MutableMapping
     from pathlib import Path
 
     from ingest.app import RunResult
 
 
-def restart(config: Path, **storage: Any) -> tuple[RunResult, list[dict[str, Any]]]:
+def restart(config: Path, **storage: Any) -> tuple[RunResult, list[MutableMapping[str, Any]]]:
     """Start the daemon in-process over an empty replay (recovery only); result and log events."""
     settings = load_settings(config)
     settings = settings.replace(storage=dataclasses.replace(settings.storage, **storage))
@@ -36,7 +37,7 @@ def restart(config: Path, **storage: Any) -> tuple[RunResult, list[dict[str, Any
 
 
 def killed_run(tmp_path: Path, seconds: float = 1.0) -> Path:
-    """A daemon that never sealed (long roll) killed after `seconds`: everything is in the journal."""
+    """A daemon that never sealed (long roll), killed after `seconds`: all of it is journaled."""
     config = write_config(tmp_path, 'roll_seconds = "1h"', ingest='streams = ["stocks"]')
     daemon = Daemon(tmp_path / "run.log", "run", "--config", str(config))
     daemon.wait_for("streams_ready")
