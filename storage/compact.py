@@ -171,7 +171,14 @@ def _compact_partition(
     if spec is None or len(inputs) < 2:
         return None
     pieces = [pq.read_table(path) for path in inputs]
-    merged = pa.concat_tables(pieces, promote_options="default")
+    try:
+        merged = pa.concat_tables(pieces, promote_options="default")
+    except pa.ArrowException as exc:
+        msg = (
+            f"cannot compact {str(partition)!r}: its files' schemas differ by more than added "
+            f"columns ({exc}); see docs/schema.md"
+        )
+        raise StorageError(msg) from exc
     before = content_checksum(merged)
     metadata = dict(pieces[0].schema.metadata or {})
     metadata[b"ingest.compacted_from"] = str(len(inputs)).encode()

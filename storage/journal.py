@@ -15,6 +15,7 @@ looking for segments to recover never takes one that is still owned.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -86,18 +87,24 @@ def probe_journal(root: Path) -> None:
         StorageError: nothing can be written there.
     """
     directory = root / JOURNAL_DIR
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"data directory {str(root)!r} cannot be created: {exc.strerror or exc}"
+        raise StorageError(msg) from exc
     probe = directory / f".probe-{os.getpid()}"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(exist_ok=True)
         with probe.open("wb") as file:
             file.write(b"\0" * 4096)
             file.flush()
             os.fsync(file.fileno())
-        probe.unlink()
     except OSError as exc:
-        probe.unlink(missing_ok=True)
         msg = f"data directory {str(root)!r} is not writable: {exc.strerror or exc}"
         raise StorageError(msg) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
 
 
 def list_segments(root: Path, stream: StreamName) -> list[Path]:

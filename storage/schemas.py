@@ -25,6 +25,7 @@ __all__ = [
     "TIMESTAMP",
     "TableSpec",
     "bars_spec",
+    "describe_tables",
     "parse_timestamps",
     "table_for",
     "table_spec",
@@ -525,6 +526,33 @@ def tables_of(stream: StreamName) -> tuple[str, ...]:
     """Every table a stream can write."""
     own = tuple(table for (s, table) in _SPECS if s == stream)
     return (*own, "bars") if stream != "news" else own
+
+
+def describe_tables(indicator_columns: Sequence[str]) -> str:
+    """Every table as Markdown (columns, types, keys): the generated part of docs/schema.md."""
+    groups: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+    specs: dict[tuple[str, str, tuple[str, ...]], TableSpec] = {}
+    for stream in ("stocks", "crypto", "options", "news"):
+        for table in tables_of(stream):
+            spec = table_spec(stream, table, indicator_columns)
+            key = (table, spec.schema.to_string(show_schema_metadata=False), spec.keys)
+            groups.setdefault(key, []).append(stream)
+            specs[key] = spec
+    out: list[str] = []
+    for key, streams in groups.items():
+        spec = specs[key]
+        out += [
+            f"### {', '.join(f'{s}/{spec.name}' for s in streams)}",
+            "",
+            f"Keys: `{', '.join(spec.keys)}`. Partitioned by the UTC date of `{spec.time_column}`,"
+            f" sorted by `{', '.join(spec.sort_by)}`.",
+            "",
+            "| column | type |",
+            "|---|---|",
+            *(f"| `{f.name}` | `{f.type}` |" for f in spec.schema),
+            "",
+        ]
+    return "\n".join(out)
 
 
 # pyarrow imports pandas lazily on its first list conversion (0.5 s of file I/O); do it at import,
