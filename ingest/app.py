@@ -182,61 +182,63 @@ async def run_daemon(
             for stream in streams
             if settings.storage.journal
         }
-        async with open_dataset(
-            root,
-            settings.storage,
-            writer_id=writer_id,
-            metadata=metadata,
-            indicator_columns=indicators,
-            metrics=metrics,
-            admission=dedup.admission,
-        ) as dataset:
-            routers = {stream: make_router(stream, dataset) for stream in streams}
-            intakes = {
-                stream: StreamIntake(
-                    stream,
-                    router.deliver,
-                    journal=journals.get(stream),
-                    dedup=dedup,
-                    settings=settings.storage,
-                    metrics=metrics,
-                    unsealed=functools.partial(_unsealed, router, dataset, stream),
-                )
-                for stream, router in routers.items()
-            }
-            dataset.on_sealed = lambda stream: intakes[stream].notify_sealed()
-            state.attach(routers)
-            async with anyio.create_task_group() as stream_groups:
-                for router in routers.values():
-                    await stream_groups.start(router.run)
-                stream_groups.start_soon(_sample_queues, routers, metrics, stop)
-                stream_groups.start_soon(
-                    _report_progress,
-                    routers,
-                    metrics,
-                    state,
-                    notifier,
-                    stop,
-                    progress_seconds,
-                )
-                async with anyio.create_task_group() as intake_group:
-                    for intake in intakes.values():
-                        await intake_group.start(intake.run)
-                    sinks: Mapping[StreamName, FrameSink] = {s: i.put for s, i in intakes.items()}
-                    await _run_source(source, sinks, stop, ready)
-                    state.stopping = True
-                    notifier.stopping()
-                    log.info("source_stopped", source=source.name)
-                    for intake in intakes.values():
-                        intake.close()
-                for router in routers.values():
-                    router.close()
-                stop.set()
-        with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
-            for intake in intakes.values():
-                await intake.checkpoint()
-            for journal in journals.values():
-                await anyio.to_thread.run_sync(journal.close)
+        intakes: dict[StreamName, StreamIntake] = {}
+        try:
+            async with open_dataset(
+                root,
+                settings.storage,
+                writer_id=writer_id,
+                metadata=metadata,
+                indicator_columns=indicators,
+                metrics=metrics,
+                admission=dedup.admission,
+            ) as dataset:
+                routers = {stream: make_router(stream, dataset) for stream in streams}
+                intakes = {
+                    stream: StreamIntake(
+                        stream,
+                        router.deliver,
+                        journal=journals.get(stream),
+                        dedup=dedup,
+                        settings=settings.storage,
+                        metrics=metrics,
+                        unsealed=functools.partial(_unsealed, router, dataset, stream),
+                    )
+                    for stream, router in routers.items()
+                }
+                dataset.on_sealed = lambda stream: intakes[stream].notify_sealed()
+                state.attach(routers)
+                async with anyio.create_task_group() as stream_groups:
+                    for router in routers.values():
+                        await stream_groups.start(router.run)
+                    stream_groups.start_soon(_sample_queues, routers, metrics, stop)
+                    stream_groups.start_soon(
+                        _report_progress,
+                        routers,
+                        metrics,
+                        state,
+                        notifier,
+                        stop,
+                        progress_seconds,
+                    )
+                    async with anyio.create_task_group() as intake_group:
+                        for intake in intakes.values():
+                            await intake_group.start(intake.run)
+                        sinks: Mapping[StreamName, FrameSink] = {
+                            s: i.put for s, i in intakes.items()
+                        }
+                        await _run_source(source, sinks, stop, ready)
+                        state.stopping = True
+                        notifier.stopping()
+                        log.info("source_stopped", source=source.name)
+                        for intake in intakes.values():
+                            intake.close()
+                    for router in routers.values():
+                        router.close()
+                    stop.set()
+        finally:
+            with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
+                await _close_journals(intakes, journals)
         root_group.cancel_scope.cancel()  # the timers and signal watcher have nothing left to do
     result = _result(settings, writer_id, dataset, metrics, quarantine, time.monotonic() - started)
     result.recovered_frames = recovered
@@ -272,6 +274,16 @@ def _segment_writer(settings: Settings, writer_id: str, stream: StreamName) -> S
         segment_bytes=storage.journal_segment_mb << 20,
         max_age_seconds=storage.roll_seconds,
     )
+
+
+async def _close_journals(
+    intakes: Mapping[StreamName, StreamIntake], journals: Mapping[StreamName, SegmentWriter]
+) -> None:
+    """Delete the segments Parquet now covers; keep (and unlock) the rest for the next start."""
+    for intake in intakes.values():
+        await intake.checkpoint()
+    for journal in journals.values():
+        await anyio.to_thread.run_sync(journal.close)
 
 
 def _unsealed(router: StreamRouter, dataset: Dataset, stream: StreamName) -> int | None:

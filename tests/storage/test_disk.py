@@ -107,8 +107,10 @@ class TestUnwritable:
 @pytest.mark.slow
 class TestDiskFull:
     def test_full_disk_is_survived_and_nothing_is_lost(self, tmp_path: Path) -> None:
-        """Disk full: errors logged and counted, the daemon waits and retries; space comes back:
-        it carries on. Every file stays readable and every trade is stored once."""
+        """Disk full: errors logged and counted, the daemon keeps running and retries.
+
+        Once space comes back it carries on; every file stays readable, every trade stored once.
+        """
         with tmpfs(tmp_path / "mnt", "4m") as mount:
             config = write_config(
                 tmp_path,

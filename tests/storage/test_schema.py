@@ -69,8 +69,8 @@ class TestEvolution:
         rows = (
             duckdb.connect()
             .execute(
-                "select trade_id, venue_ts is null from "
-                f"read_parquet('{glob}', union_by_name=true, hive_partitioning=true) order by trade_id"
+                "select trade_id, venue_ts is null from read_parquet("
+                f"'{glob}', union_by_name=true, hive_partitioning=true) order by trade_id"
             )
             .fetchall()
         )
