@@ -42,6 +42,8 @@ __all__ = ["StreamIntake"]
 log = structlog.get_logger("intake")
 
 JOURNAL_TABLE: Final = "_journal"
+PENDING_BYTES: Final = 8 << 20
+"""Frames waiting for the journal are bounded by bytes too (and by `queue_size` in number)."""
 RETRY_FIRST_SECONDS: Final = 0.05
 RETRY_MAX_SECONDS: Final = 5.0
 
@@ -70,6 +72,7 @@ class StreamIntake:
         self._unsealed = unsealed
         self._limit = settings.queue_size
         self._pending: list[Frame] = []
+        self._pending_bytes = 0
         self._current: list[Frame] = []
         self._delivered = 0
         self._last_ns = 0
@@ -100,12 +103,13 @@ class StreamIntake:
             return
         if not frame.raw:
             frame.raw, frame.encoding = self._encoder.encode(frame.messages), "json"
-        while len(self._pending) >= self._limit:
+        while len(self._pending) >= self._limit or self._pending_bytes >= PENDING_BYTES:
             if self._settings.backpressure == "drop":
                 self._metrics.dropped.inc(self.stream, amount=len(frame.messages))
                 return
             await self._space.wait()
         self._pending.append(frame)
+        self._pending_bytes += len(frame.raw)
         self._ready.set()
 
     def close(self) -> None:
@@ -155,6 +159,7 @@ class StreamIntake:
                         await self._sync()
                     continue
             self._current, self._pending, self._delivered = self._pending, [], 0
+            self._pending_bytes = 0
             self._space.set()
             self._space = anyio.Event()
             await self._append(self._current)
