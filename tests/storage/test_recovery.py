@@ -8,13 +8,17 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgpack  # type: ignore[import-untyped]
 import pytest
 from structlog.testing import capture_logs
 
 from ingest.app import run_daemon
 from ingest.config import load_settings
-from storage.journal import list_segments, read_segment
+from storage.journal import SegmentWriter, list_segments, read_segment
+from streams.base import Frame
 from streams.replay import ReplaySource
+from tests.alpaca.fake_alpaca import to_msgpack_timestamp
+from tests.dataset import query
 from tests.storage.daemon import Daemon, journaled_trades, stored_trades, write_config
 
 if TYPE_CHECKING:
@@ -84,6 +88,27 @@ class TestRecovery:
         assert stored_trades(data, "stocks") == first
         assert set(first.values()) == {1}
         assert not [e for e in logs if e["event"] == "journal_torn_tail"]
+
+    def test_messagepack_frames_are_recovered_like_json_ones(self, tmp_path: Path) -> None:
+        """An options frame journaled as MessagePack decodes on recovery: OCC fields, exact ts."""
+        config = write_config(tmp_path, ingest='streams = ["options"]')
+        trade = {"T": "t", "S": "AAPL240315C00172500", "p": 1.25, "s": 3, "x": "C", "c": "I"}
+        payload = msgpack.packb([{**trade, "t": to_msgpack_timestamp("2024-03-11T13:35:35.1Z")}])
+        journal = SegmentWriter(tmp_path / "data" / "_journal" / "options", "s0of1-crashed")
+        journal.append([Frame("options", 1_700_000_000_000_000_000, [], [], payload, "msgpack")])
+        journal.close()  # as if the process had died: the segment stays, unlocked
+        result, _ = restart(config)
+        assert result.recovered_frames == 1
+        rows = query(
+            tmp_path / "data",
+            "options",
+            "trades",
+            "select symbol, ts, underlying, strike, price, recv_ts from t",
+        )
+        (symbol, ts, underlying, strike, price, recv_ts) = rows[0]
+        assert (symbol, underlying, strike, price) == ("AAPL240315C00172500", "AAPL", 172.5, 1.25)
+        assert ts.isoformat() == "2024-03-11T13:35:35.100000+00:00"
+        assert recv_ts.timestamp() == 1_700_000_000
 
     def test_journal_off_leaves_segments_for_later(self, tmp_path: Path) -> None:
         """With `journal = false` nothing is recovered (and nothing deleted) at start."""
