@@ -25,7 +25,7 @@ import structlog
 
 from ingest import __version__
 from ingest.config import STREAMS
-from ingest.intake import StreamIntake
+from ingest.intake import StreamIntake, close_journals, create_segment_writer
 from ingest.live import LiveHub
 from ingest.metrics import Metrics
 from ingest.pipeline import SymbolPipeline, indicator_columns
@@ -35,7 +35,7 @@ from ingest.server import serve
 from ingest.state import DaemonState
 from storage.compact import repair_compactions
 from storage.dedup import DERIVED_TABLES, DedupFilter
-from storage.journal import SegmentWriter, probe_journal
+from storage.journal import probe_journal
 from storage.parquet import (
     SEAL_GRACE_SECONDS,
     Dataset,
@@ -144,7 +144,10 @@ async def run_daemon(
     recovered = 0
     longest_bar = max((b.size for b in settings.pipeline.bars if b.kind == "time"), default=0.0)
     dedup = DedupFilter(
-        settings.storage.dedup_horizon, indicators, derived_window_seconds=longest_bar
+        settings.storage.dedup_horizon,
+        indicators,
+        derived_window_seconds=longest_bar,
+        metrics=metrics,
     )
     async with anyio.create_task_group() as root_group:
         await root_group.start(run_watchdog, notifier, state.alive)
@@ -156,7 +159,10 @@ async def run_daemon(
         await anyio.to_thread.run_sync(_prepare_storage, settings)
         if settings.storage.journal:
             derived = DedupFilter(
-                settings.storage.dedup_horizon, indicators, derived_window_seconds=longest_bar
+                settings.storage.dedup_horizon,
+                indicators,
+                derived_window_seconds=longest_bar,
+                metrics=metrics,
             )
             await anyio.to_thread.run_sync(derived.seed, root, STREAMS, DERIVED_TABLES)
             recovered = await recover_journal(
@@ -178,7 +184,7 @@ async def run_daemon(
             )
         await anyio.to_thread.run_sync(dedup.seed, root, streams)
         journals = {
-            stream: _segment_writer(settings, writer_id, stream)
+            stream: create_segment_writer(settings, writer_id, stream)
             for stream in streams
             if settings.storage.journal
         }
@@ -238,11 +244,11 @@ async def run_daemon(
                     stop.set()
         finally:
             with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
-                await _close_journals(intakes, journals)
+                await close_journals(intakes, journals)
         root_group.cancel_scope.cancel()  # the timers and signal watcher have nothing left to do
     result = _result(settings, writer_id, dataset, metrics, quarantine, time.monotonic() - started)
     result.recovered_frames = recovered
-    result.duplicates = sum(dedup.dropped.values())
+    result.duplicates = int(sum(metrics.deduplicated.values.values()))
     log.info(
         "daemon_stopped",
         seconds=round(result.seconds, 1),
@@ -262,28 +268,6 @@ def _prepare_storage(settings: Settings) -> None:
     if settings.storage.journal:
         probe_journal(root)
     repair_compactions(root)
-
-
-def _segment_writer(settings: Settings, writer_id: str, stream: StreamName) -> SegmentWriter:
-    storage = settings.storage
-    return SegmentWriter(
-        settings.ingest.data_dir / "_journal" / stream,
-        writer_id,
-        fsync=storage.fsync,
-        fsync_interval_ms=storage.fsync_interval_ms,
-        segment_bytes=storage.journal_segment_mb << 20,
-        max_age_seconds=storage.roll_seconds,
-    )
-
-
-async def _close_journals(
-    intakes: Mapping[StreamName, StreamIntake], journals: Mapping[StreamName, SegmentWriter]
-) -> None:
-    """Delete the segments Parquet now covers; keep (and unlock) the rest for the next start."""
-    for intake in intakes.values():
-        await intake.checkpoint()
-    for journal in journals.values():
-        await anyio.to_thread.run_sync(journal.close)
 
 
 def _unsealed(router: StreamRouter, dataset: Dataset, stream: StreamName) -> int | None:

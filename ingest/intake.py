@@ -24,20 +24,20 @@ import msgspec
 import structlog
 
 from ingest.errors import StorageError
+from storage.journal import JOURNAL_DIR, SegmentWriter
 from storage.parquet import SEAL_GRACE_SECONDS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from anyio.abc import TaskStatus
 
-    from ingest.config import StorageSettings, StreamName
+    from ingest.config import Settings, StorageSettings, StreamName
     from ingest.metrics import Metrics
     from storage.dedup import DedupFilter
-    from storage.journal import SegmentWriter
     from streams.base import Frame, FrameSink
 
-__all__ = ["StreamIntake"]
+__all__ = ["StreamIntake", "close_journals", "create_segment_writer"]
 
 log = structlog.get_logger("intake")
 
@@ -90,11 +90,7 @@ class StreamIntake:
             _restamp(frame, self._last_ns + 1)  # equal or backwards clock: keep ids unique
         self._last_ns = frame.recv_ns
         if self._dedup is not None and self._dedup.active(self.stream):
-            before = len(frame.messages)
-            filtered = self._dedup.filter_frame(frame)
-            kept = len(filtered.messages) if filtered is not None else 0
-            if kept < before:
-                self._count_duplicates(before - kept)
+            filtered = self._dedup.filter_frame(frame)  # counts what it drops
             if filtered is None:
                 return
             frame = filtered
@@ -231,12 +227,28 @@ class StreamIntake:
             log.debug("journal_segments_deleted", stream=self.stream, segments=deleted)
         return deleted
 
-    def _count_duplicates(self, count: int) -> None:
-        assert self._dedup is not None
-        for (stream, table), total in self._dedup.dropped.items():
-            if stream == self.stream:
-                self._metrics.deduplicated.values[(stream, table)] = float(total)
-        log.debug("duplicates_dropped", stream=self.stream, messages=count)
+
+def create_segment_writer(settings: Settings, writer_id: str, stream: StreamName) -> SegmentWriter:
+    """The journal of one stream of this process, as `[storage]` configures it."""
+    storage = settings.storage
+    return SegmentWriter(
+        settings.ingest.data_dir / JOURNAL_DIR / stream,
+        writer_id,
+        fsync=storage.fsync,
+        fsync_interval_ms=storage.fsync_interval_ms,
+        segment_bytes=storage.journal_segment_mb << 20,
+        max_age_seconds=storage.roll_seconds,
+    )
+
+
+async def close_journals(
+    intakes: Mapping[StreamName, StreamIntake], journals: Mapping[StreamName, SegmentWriter]
+) -> None:
+    """Delete the segments Parquet now covers; keep (and unlock) the rest for the next start."""
+    for intake in intakes.values():
+        await intake.checkpoint()
+    for journal in journals.values():
+        await anyio.to_thread.run_sync(journal.close)
 
 
 def _restamp(frame: Frame, recv_ns: int) -> None:

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from ingest.config import StreamName
+    from ingest.metrics import Metrics
     from storage.parquet import Admission
     from storage.schemas import TableSpec
 
@@ -118,8 +119,10 @@ class DedupFilter:
         indicator_columns: Sequence[str] = (),
         *,
         derived_window_seconds: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
         """`derived_window_seconds`: how far back bar keys are learnt (the longest time bar)."""
+        self._metrics = metrics
         self.horizon_ns = int(horizon_seconds * 1e9)
         self._derived_window_ns = int(max(horizon_seconds, derived_window_seconds) * 1e9)
         self.dropped: Counter[tuple[StreamName, str]] = Counter()
@@ -158,6 +161,8 @@ class DedupFilter:
         dropped = len(admitted) - int(admitted.sum())
         if dropped:
             self.dropped[(stream, table)] += dropped
+            if self._metrics is not None:
+                self._metrics.deduplicated.inc(stream, table, amount=dropped)
         return admitted
 
     def remember(self, stream: StreamName, table: str, rows: pa.Table) -> None:

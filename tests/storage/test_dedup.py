@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import msgspec
 import pyarrow.parquet as pq
 import pytest
 
+from ingest.app import run_daemon
+from ingest.metrics import Metrics
 from storage.dedup import DedupFilter
 from storage.schemas import bars_spec, table_spec
 from streams.base import Frame
 from streams.messages import FrameDecoder, StockQuote, StockTrade
+from streams.sim import SimSource
+from tests.dataset import count, query
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -144,3 +151,28 @@ class TestDerived:
         closed = {**bar, "partial": False}
         assert admit([bar, daily, closed]) == [daily, closed]
         assert dedup.admission("stocks", table_spec("stocks", "trades", ())) is None
+
+
+class TestRestart:
+    def test_second_run_over_the_same_sim_stores_only_what_is_new(self, settings: Any) -> None:
+        """The sim restarted from the same start: stored trades are dropped and counted."""
+        stocks = settings.replace(ingest=dataclasses.replace(settings.ingest, streams=("stocks",)))
+        first = SimSource(stocks, ("stocks",))
+        anyio.run(functools.partial(run_daemon, stocks, first, duration=1.0))
+        metrics = Metrics()
+        second = SimSource(stocks, ("stocks",))
+        result = anyio.run(
+            functools.partial(run_daemon, stocks, second, duration=1.6, metrics=metrics)
+        )
+        root = settings.ingest.data_dir
+        assert metrics.deduplicated.get("stocks", "trades") > 0
+        assert result.duplicates == sum(metrics.deduplicated.values.values())
+        emitted = max(first.emitted[("stocks", "t")], second.emitted[("stocks", "t")])
+        assert count(root, "stocks", "trades") == emitted
+        dupes = query(
+            root,
+            "stocks",
+            "trades",
+            "select count(*) from (select 1 from t group by symbol, trade_id having count(*) > 1)",
+        )
+        assert dupes == [(0,)]
