@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from storage.parquet import Admission
     from storage.schemas import TableSpec
 
-__all__ = ["DERIVED_TABLES", "DedupFilter"]
+__all__ = ["DERIVED_TABLES", "DedupFilter", "key_hashes"]
 
 log = structlog.get_logger("storage.dedup")
 

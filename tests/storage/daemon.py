@@ -25,13 +25,15 @@ TradeKey = tuple[str, str, int]
 """(stream, symbol, trade id)."""
 
 
-def write_config(tmp_path: Path, storage: str = "", extra: str = "", ingest: str = "") -> Path:
-    """A sim config writing to `tmp_path/data`; lines for [storage] and [ingest], more sections."""
+def write_config(
+    tmp_path: Path, storage: str = "", extra: str = "", ingest: str = "", sim: str = ""
+) -> Path:
+    """A sim config writing to `tmp_path/data`; lines for [storage], [ingest], [sim]; sections."""
     path = tmp_path / "config.toml"
     path.write_text(
         f'[ingest]\ndata_dir = "{tmp_path / "data"}"\n{ingest}\n'
         '[server]\nlisten = ""\n'
-        '[sim]\nticks_per_second = 50\nstart = "2024-07-01T14:30:00Z"\n'
+        f'[sim]\nticks_per_second = 50\nstart = "2024-07-01T14:30:00Z"\n{sim}\n'
         f"[storage]\n{storage}\n{extra}"
     )
     return path
@@ -112,6 +114,17 @@ def journaled_trades(data: Path) -> set[TradeKey]:
             if message.get("T") == "t" and "i" in message:
                 keys.add((stream, message["S"], message["i"]))
     return keys
+
+
+def journaled_articles(data: Path) -> set[int]:
+    """The ids of the news articles of every frame on disk in the journal."""
+    return {
+        message["id"]
+        for stream, payload in journal_frames(data)
+        if stream == "news"
+        for message in msgspec.json.decode(payload)
+        if message.get("T") == "n"
+    }
 
 
 def stored_trades(data: Path, stream: str) -> Counter[tuple[str, int]]:

@@ -14,7 +14,13 @@ import pytest
 from ingest.config import load_settings
 from streams.sim import STEP_SECONDS, SimSource, rfc3339
 from tests.dataset import query
-from tests.storage.daemon import Daemon, journaled_trades, stored_trades, write_config
+from tests.storage.daemon import (
+    Daemon,
+    journaled_articles,
+    journaled_trades,
+    stored_trades,
+    write_config,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -76,9 +82,10 @@ class TestSimKilled:
     def test_every_journaled_trade_is_stored_exactly_once(self, tmp_path: Path) -> None:
         """Four SIGKILLs (one during start-up), then a clean stop: each trade once, as emitted."""
         rng = random.Random(SEED)
-        config = write_config(tmp_path, 'roll_seconds = "0.5s"')
+        config = write_config(tmp_path, 'roll_seconds = "0.5s"', sim="news_per_minute = 300")
         data = tmp_path / "data"
         journaled: set[Any] = set()
+        articles: set[int] = set()
         recovered = 0
         for round_ in range(4):
             daemon = Daemon(tmp_path / f"run{round_}.log", "run", "--config", str(config))
@@ -93,6 +100,7 @@ class TestSimKilled:
                 e.get("frames", 0) for e in daemon.events() if e["event"] == "journal_recovered"
             )
             journaled |= journaled_trades(data)
+            articles |= journaled_articles(data)
         final = Daemon(tmp_path / "final.log", "run", "--config", str(config))
         final.wait_for("streams_ready")
         time.sleep(0.5)
@@ -103,6 +111,9 @@ class TestSimKilled:
             e["frames"] for e in final.events() if e["event"] == "journal_recovered"
         ), f"no restart recovered anything ({context})"
         assert list((data / "_journal").glob("*/*.arrows")) == [], "a clean stop leaves no segment"
+        ids = [row[0] for row in query(data, "news", "articles", "select id from t")]
+        assert len(ids) == len(set(ids)), f"duplicate articles ({context})"
+        assert articles <= set(ids), f"journaled articles missing ({context})"
         for stream in ("stocks", "crypto"):
             assert_exactly_once(data, stream, journaled, context)
             rows = query(data, stream, "trades", "select symbol, trade_id, price, size from t")
