@@ -13,6 +13,7 @@ other symbol goes on.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
@@ -98,6 +99,10 @@ class StreamRouter:
         self._factory = pipeline_factory
         self._on_bar = on_bar
         self._sends: dict[str, MemoryObjectSendStream[SymbolBatch]] = {}
+        self._inflight: dict[str, deque[int]] = {}
+        """Per symbol, the oldest receive time of each batch handed over but not yet processed."""
+        self._pending_since: int | None = None
+        """Receive time of the oldest frame in the pending batches (None when there are none)."""
         self._group: anyio.abc.TaskGroup | None = None
         self._closed = False
         self._pending: dict[str, Tables] = {}
@@ -132,12 +137,21 @@ class StreamRouter:
         queued = sum(s.statistics().current_buffer_used for s in self._sends.values())
         return queued + (1 if self._pending else 0)
 
+    def oldest_inflight_ns(self) -> int | None:
+        """Receive time of the oldest frame some symbol task has not yet handed to the writers."""
+        queued = min((q[0] for q in self._inflight.values() if q), default=None)
+        pending = self._pending_since
+        if queued is None or (pending is not None and pending < queued):
+            return pending
+        return queued
+
     def _spawn(self, symbol: str) -> MemoryObjectSendStream[SymbolBatch]:
         assert self._group is not None, "StreamRouter.run must be started first"
         send, receive = anyio.create_memory_object_stream[SymbolBatch](
             self._settings.storage.queue_size
         )
         self._sends[symbol] = send
+        self._inflight[symbol] = deque()
         self.symbols.setdefault(symbol, SymbolState())
         self._group.start_soon(self._symbol_task, symbol, receive, name=f"{self.stream}:{symbol}")
         return send
@@ -150,6 +164,8 @@ class StreamRouter:
         The common case never awaits: the messages join the pending batches and the flusher is
         woken. Only quarantine writes and a full pending set wait, shielded from cancellation.
         """
+        if self._pending_since is None:
+            self._pending_since = frame.recv_ns
         self._split(frame.messages)
         self._wake.set()
         limit = pending_limit(len(self._sends))
@@ -172,6 +188,7 @@ class StreamRouter:
                 self._wake = anyio.Event()
                 continue
             pending, self._pending, self._pending_count = self._pending, {}, 0
+            self._pending_since = None
             self._room.set()
             self._room = anyio.Event()
             for symbol, batch in build_batches(pending).items():
@@ -179,12 +196,15 @@ class StreamRouter:
 
     async def _hand_over(self, symbol: str, batch: SymbolBatch) -> None:
         send = self._sends.get(symbol) or self._spawn(symbol)
+        inflight = self._inflight[symbol]
+        inflight.append(batch.oldest_recv_ns())
         try:
             send.send_nowait(batch)
         except anyio.WouldBlock:
             if self._settings.storage.backpressure == "block":
                 await send.send(batch)
             else:
+                inflight.pop()
                 self._metrics.dropped.inc(self.stream, amount=batch.count)
 
     def _split(self, messages: list[AnyMessage]) -> None:
@@ -229,9 +249,10 @@ class StreamRouter:
     ) -> None:
         with structlog.contextvars.bound_contextvars(stream=self.stream, symbol=symbol):
             pipeline = self._factory(symbol, self._settings.pipeline)
+            inflight = self._inflight[symbol]
             async with receive:
                 async for batch in receive:
-                    _drain_into(batch, receive)
+                    batches = 1 + _drain_into(batch, receive)
                     try:
                         await self._process(symbol, pipeline, batch)
                     except Exception:
@@ -240,9 +261,15 @@ class StreamRouter:
                         self._metrics.symbol_failures.inc(self.stream)
                         self.symbols[symbol].failures += 1
                         pipeline = self._factory(symbol, self._settings.pipeline)
+                    finally:
+                        for _ in range(batches):
+                            inflight.popleft()
             with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
                 try:
-                    await self._emit(pipeline.flush(), time.time_ns())
+                    # Stamped just after the symbol's last frame, not with the wall clock, so a
+                    # recovery that replays the same frames recognises these rows as sealed.
+                    last = self.symbols[symbol].last_recv_ns
+                    await self._emit(pipeline.flush(), last + 1 if last else time.time_ns())
                 except Exception:
                     log.exception("symbol_flush_failed")
                     self._metrics.symbol_failures.inc(self.stream)
@@ -277,10 +304,15 @@ class StreamRouter:
             await self._dataset.writer(self.stream, "anomalies").put(output.anomalies)
 
 
-def _drain_into(batch: SymbolBatch, receive: MemoryObjectReceiveStream[SymbolBatch]) -> None:
-    """Append every batch already queued: a symbol that fell behind catches up in one call."""
+def _drain_into(batch: SymbolBatch, receive: MemoryObjectReceiveStream[SymbolBatch]) -> int:
+    """Append every batch already queued (a symbol that fell behind catches up in one call).
+
+    Returns how many batches were appended.
+    """
+    absorbed = 0
     while True:
         try:
             batch.absorb(receive.receive_nowait())
         except (anyio.WouldBlock, anyio.EndOfStream):
-            return
+            return absorbed
+        absorbed += 1

@@ -25,6 +25,7 @@ __all__ = [
     "TIMESTAMP",
     "TableSpec",
     "bars_spec",
+    "describe_tables",
     "parse_timestamps",
     "table_for",
     "table_spec",
@@ -41,13 +42,17 @@ Converter = Callable[[Sequence[Any]], pa.Table]
 
 @dataclass(frozen=True, slots=True)
 class TableSpec:
-    """How one table is laid out and built."""
+    """How one table is laid out and built, and what identifies one of its rows."""
 
     name: str
     schema: pa.Schema
     to_table: Converter
     time_column: str = "ts"
     sort_by: tuple[str, ...] = ("symbol", "ts")
+    keys: tuple[str, ...] = ("symbol", "ts")
+    """Columns whose values identify a row: two rows with equal keys are one fact, stored once."""
+    watermark_column: str = "ts"
+    """The time column de-duplication compares against the dataset's newest row."""
 
 
 def parse_timestamps(values: Sequence[str]) -> pa.Array[Any]:
@@ -388,26 +393,75 @@ def _rows(schema: pa.Schema) -> Converter:
     return convert
 
 
+# De-duplication keys (docs/schema.md): what makes a row the same fact when it arrives twice.
+_TRADE_KEYS: Final = ("symbol", "ts", "exchange", "trade_id")
+_OPTION_TRADE_KEYS: Final = ("symbol", "ts", "exchange", "price", "size")
+_QUOTE_KEYS: Final = (
+    "symbol",
+    "ts",
+    "bid_price",
+    "bid_size",
+    "ask_price",
+    "ask_size",
+    "bid_exchange",
+    "ask_exchange",
+)
+_VENDOR_BAR_KEYS: Final = ("symbol", "bar_kind", "ts", "trade_count", "volume")
+_ANOMALY_KEYS: Final = ("symbol", "ts", "price")
+BAR_KEYS: Final = ("symbol", "bar_type", "bar_size", "ts", "partial")
+
+
+def _anomalies() -> TableSpec:
+    return TableSpec("anomalies", ANOMALIES, _rows(ANOMALIES), keys=_ANOMALY_KEYS)
+
+
 _SPECS: Final[dict[tuple[StreamName, str], TableSpec]] = {
-    ("stocks", "trades"): TableSpec("trades", TRADES, _stock_trades),
-    ("stocks", "quotes"): TableSpec("quotes", QUOTES, _stock_quotes),
-    ("stocks", "vendor_bars"): TableSpec("vendor_bars", VENDOR_BARS, _vendor_bars),
-    ("stocks", "statuses"): TableSpec("statuses", STATUSES, _statuses),
-    ("stocks", "lulds"): TableSpec("lulds", LULDS, _lulds),
-    ("stocks", "corrections"): TableSpec("corrections", CORRECTIONS, _corrections),
-    ("stocks", "cancels"): TableSpec("cancels", CANCELS, _cancels),
-    ("stocks", "imbalances"): TableSpec("imbalances", IMBALANCES, _imbalances),
-    ("stocks", "anomalies"): TableSpec("anomalies", ANOMALIES, _rows(ANOMALIES)),
-    ("crypto", "trades"): TableSpec("trades", TRADES, _crypto_trades),
-    ("crypto", "quotes"): TableSpec("quotes", QUOTES, _crypto_quotes),
-    ("crypto", "vendor_bars"): TableSpec("vendor_bars", VENDOR_BARS, _vendor_bars),
-    ("crypto", "orderbooks"): TableSpec("orderbooks", ORDERBOOKS, _orderbooks),
-    ("crypto", "anomalies"): TableSpec("anomalies", ANOMALIES, _rows(ANOMALIES)),
-    ("options", "trades"): TableSpec("trades", OPTION_TRADES, _option_trades),
-    ("options", "quotes"): TableSpec("quotes", OPTION_QUOTES, _option_quotes),
-    ("options", "anomalies"): TableSpec("anomalies", ANOMALIES, _rows(ANOMALIES)),
+    ("stocks", "trades"): TableSpec("trades", TRADES, _stock_trades, keys=_TRADE_KEYS),
+    ("stocks", "quotes"): TableSpec("quotes", QUOTES, _stock_quotes, keys=_QUOTE_KEYS),
+    ("stocks", "vendor_bars"): TableSpec(
+        "vendor_bars", VENDOR_BARS, _vendor_bars, keys=_VENDOR_BAR_KEYS
+    ),
+    ("stocks", "statuses"): TableSpec(
+        "statuses", STATUSES, _statuses, keys=("symbol", "ts", "status_code", "reason_code")
+    ),
+    ("stocks", "lulds"): TableSpec(
+        "lulds", LULDS, _lulds, keys=("symbol", "ts", "limit_up", "limit_down", "indicator")
+    ),
+    ("stocks", "corrections"): TableSpec(
+        "corrections",
+        CORRECTIONS,
+        _corrections,
+        keys=("symbol", "ts", "orig_trade_id", "corr_trade_id"),
+    ),
+    ("stocks", "cancels"): TableSpec(
+        "cancels", CANCELS, _cancels, keys=("symbol", "ts", "trade_id", "action")
+    ),
+    ("stocks", "imbalances"): TableSpec(
+        "imbalances", IMBALANCES, _imbalances, keys=("symbol", "ts", "price")
+    ),
+    ("stocks", "anomalies"): _anomalies(),
+    ("crypto", "trades"): TableSpec("trades", TRADES, _crypto_trades, keys=_TRADE_KEYS),
+    ("crypto", "quotes"): TableSpec("quotes", QUOTES, _crypto_quotes, keys=_QUOTE_KEYS),
+    ("crypto", "vendor_bars"): TableSpec(
+        "vendor_bars", VENDOR_BARS, _vendor_bars, keys=_VENDOR_BAR_KEYS
+    ),
+    ("crypto", "orderbooks"): TableSpec(
+        "orderbooks", ORDERBOOKS, _orderbooks, keys=("symbol", "ts", "reset")
+    ),
+    ("crypto", "anomalies"): _anomalies(),
+    ("options", "trades"): TableSpec(
+        "trades", OPTION_TRADES, _option_trades, keys=_OPTION_TRADE_KEYS
+    ),
+    ("options", "quotes"): TableSpec("quotes", OPTION_QUOTES, _option_quotes, keys=_QUOTE_KEYS),
+    ("options", "anomalies"): _anomalies(),
     ("news", "articles"): TableSpec(
-        "articles", ARTICLES, _articles, time_column="created_at", sort_by=("created_at", "id")
+        "articles",
+        ARTICLES,
+        _articles,
+        time_column="created_at",
+        sort_by=("created_at", "id"),
+        keys=("id", "updated_at"),
+        watermark_column="updated_at",
     ),
 }
 
@@ -453,7 +507,7 @@ def bars_spec(indicator_columns: Sequence[str]) -> TableSpec:
             ("trend", pa.string()),
         ]
     )
-    return TableSpec("bars", schema, _rows(schema))
+    return TableSpec("bars", schema, _rows(schema), keys=BAR_KEYS)
 
 
 def table_spec(stream: StreamName, table: str, indicator_columns: Sequence[str]) -> TableSpec:
@@ -474,6 +528,40 @@ def tables_of(stream: StreamName) -> tuple[str, ...]:
     return (*own, "bars") if stream != "news" else own
 
 
+def describe_tables(indicator_columns: Sequence[str]) -> str:
+    """Every table as Markdown (columns, types, keys): the generated part of docs/schema.md."""
+    groups: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+    specs: dict[tuple[str, str, tuple[str, ...]], TableSpec] = {}
+    for stream in ("stocks", "crypto", "options", "news"):
+        for table in tables_of(stream):
+            spec = table_spec(stream, table, indicator_columns)
+            key = (table, spec.schema.to_string(show_schema_metadata=False), spec.keys)
+            groups.setdefault(key, []).append(stream)
+            specs[key] = spec
+    out: list[str] = []
+    for key, streams in groups.items():
+        spec = specs[key]
+        out += [
+            f"### {', '.join(f'{s}/{spec.name}' for s in streams)}",
+            "",
+            f"Keys: `{', '.join(spec.keys)}`. Partitioned by the UTC date of `{spec.time_column}`,"
+            f" sorted by `{', '.join(spec.sort_by)}`.",
+            "",
+            "| column | type |",
+            "|---|---|",
+            *(f"| `{f.name}` | `{f.type}` |" for f in spec.schema),
+            "",
+        ]
+    return "\n".join(out)
+
+
 # pyarrow imports pandas lazily on its first list conversion (0.5 s of file I/O); do it at import,
 # before the event loop runs, instead of inside the first symbol task.
 pa.array([0])
+
+
+if __name__ == "__main__":  # pragma: no cover -- `python -m storage.schemas` regenerates the docs
+    from ingest.config import PipelineSettings
+    from ingest.pipeline import indicator_columns
+
+    print(describe_tables(indicator_columns(PipelineSettings())))

@@ -4,8 +4,9 @@
 - pipeline: `SymbolPipeline.on_trades` over the batches the router hands the symbol tasks when it
   is saturated (flushes of `pending_limit` messages, split by symbol).
 - storage: the trades table writer (`put` per symbol batch, Arrow conversion, Parquet, rename).
-- e2e: the whole daemon (`run_daemon`) fed by an in-process source: decode, demultiplex, symbol
-  tasks, pipeline, writers. Flat out for throughput, or paced at an offered rate for latency.
+- e2e: the whole daemon (`run_daemon`) fed by an in-process source: decode, journal,
+  demultiplex, symbol tasks, pipeline, writers. Flat out for throughput, or paced at an offered
+  rate for latency.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ class BenchSource:
     ) -> None:
         stream = self._workload.stream
         sink = sinks[stream]
-        decode = FrameDecoder(stream, self._workload.encoding).decode
+        encoding = self._workload.encoding
+        decode = FrameDecoder(stream, encoding).decode
         task_status.started()
         frames = self._workload.frames
         interval = 0.0 if self._rate is None else len(self._workload.ts) / len(frames) / self._rate
@@ -146,7 +148,8 @@ class BenchSource:
                     await anyio.sleep(delay)
             recv_ns = time.time_ns()
             decoded = decode(raw, recv_ns)
-            await sink(Frame(stream, recv_ns, decoded.messages, decoded.rejects))
+            frame = Frame(stream, recv_ns, decoded.messages, decoded.rejects, raw, encoding)
+            await sink(frame)
 
 
 def bench_e2e(
