@@ -142,6 +142,8 @@ class AlpacaSettings:
     backoff_max_seconds: float = 60.0
     connection_limit_backoff_seconds: float = 120.0
     rest_requests_per_minute: int = 200
+    max_frame_bytes: int = 4 * 1024 * 1024
+    """Longer frames are quarantined whole (`oversized_frame`); 4x this closes the socket."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +411,9 @@ def _alpaca(raw: _Section) -> AlpacaSettings:
         ),
         rest_requests_per_minute=raw.take(
             "rest_requests_per_minute", lambda k, v: _int(k, v, 1), d.rest_requests_per_minute
+        ),
+        max_frame_bytes=raw.take(
+            "max_frame_bytes", lambda k, v: _int(k, v, 1024), d.max_frame_bytes
         ),
     )
     raw.finish(_known(AlpacaSettings))

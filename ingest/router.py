@@ -20,6 +20,7 @@ import structlog
 
 from ingest.config import PipelineSettings, Settings, StreamName
 from ingest.pipeline import PipelineOutput, SymbolPipeline
+from ingest.screen import screen_frame
 from storage.parquet import SEAL_GRACE_SECONDS, Dataset
 from storage.schemas import parse_timestamps, table_for
 from streams.messages import AnyMessage, CryptoTrade, NewsArticle, OptionTrade, StockTrade
@@ -120,6 +121,7 @@ class StreamRouter:
 
     async def deliver(self, frame: Frame) -> None:
         """Hand a frame's messages to their symbols; a received frame is never half-delivered."""
+        frame = screen_frame(frame)
         with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
             if frame.rejects:
                 for reject in frame.rejects:

@@ -95,6 +95,11 @@ BAD: list[Any] = [
         {"alpaca": {"stream_url": "http://x"}}, "'alpaca.stream_url'", id="stream-url-scheme"
     ),
     pytest.param({"server": {"listen": "nowhere"}}, "'server.listen'", id="listen"),
+    pytest.param(
+        {"alpaca": {"max_frame_bytes": 10}},
+        "'alpaca.max_frame_bytes': 10 is invalid; expected an integer >= 1024",
+        id="max-frame-bytes",
+    ),
 ]
 
 

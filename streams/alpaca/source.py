@@ -217,6 +217,7 @@ class AlpacaSource:
             subscribe=subscribe_action(settings.channels, symbols),
             staleness_seconds=staleness,
             feed=feed,
+            max_frame_bytes=self.settings.max_frame_bytes,
         )
 
     def _retrying(self) -> AsyncRetrying:
