@@ -21,6 +21,7 @@ from ingest.live import LiveHub
 from ingest.metrics import Metrics
 from ingest.pipeline import SymbolPipeline, indicator_columns
 from ingest.router import BarListener, PipelineFactory, StreamRouter
+from ingest.screen import quarantine_refused
 from ingest.sdnotify import Notifier, run_watchdog
 from ingest.server import serve
 from ingest.state import DaemonState
@@ -104,6 +105,7 @@ async def run_daemon(
     }
     root = settings.ingest.data_dir
     quarantine = Quarantine(root, writer_id)
+
     log.info("daemon_started", source=source.name, streams=list(streams), data_dir=str(root))
     async with anyio.create_task_group() as root_group:
         await root_group.start(run_watchdog, notifier, state.alive)
@@ -119,6 +121,7 @@ async def run_daemon(
             metadata=metadata,
             indicator_columns=indicator_columns(settings.pipeline),
             metrics=metrics,
+            on_refused=quarantine_refused(quarantine, metrics),
         ) as dataset:
             routers = {
                 stream: StreamRouter(

@@ -20,7 +20,7 @@ import structlog
 
 from ingest.config import PipelineSettings, Settings, StreamName
 from ingest.pipeline import PipelineOutput, SymbolPipeline
-from ingest.screen import screen_frame
+from ingest.screen import parseable_timestamps, screen_frame
 from storage.parquet import SEAL_GRACE_SECONDS, Dataset
 from storage.schemas import parse_timestamps, table_for
 from streams.messages import AnyMessage, CryptoTrade, NewsArticle, OptionTrade, StockTrade
@@ -201,7 +201,15 @@ class StreamRouter:
         state.last_recv_ns = batch[-1].recv_ns
         trades = cast("list[Trade]", by_table.get("trades"))
         if trades:
-            ts = parse_timestamps([t.t for t in trades]).cast(pa.int64()).to_numpy()
+            try:
+                ts = parse_timestamps([t.t for t in trades]).cast(pa.int64()).to_numpy()
+            except pa.ArrowInvalid:
+                # The writer quarantines the unparseable ones; the pipeline goes on without them.
+                ok = parseable_timestamps([t.t for t in trades])
+                trades = [t for t, good in zip(trades, ok.tolist(), strict=True) if good]
+                if not trades:
+                    return
+                ts = parse_timestamps([t.t for t in trades]).cast(pa.int64()).to_numpy()
             state.last_event_ns = int(ts.max())
             price = np.fromiter((t.p for t in trades), np.float64, len(trades))
             size = np.fromiter((t.s for t in trades), np.float64, len(trades))

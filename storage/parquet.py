@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -24,18 +25,24 @@ import structlog
 
 from ingest.errors import StorageError
 from ingest.metrics import Metrics
+from storage.refusals import CONVERSION_ERRORS, Refused, convert_or_refuse
 from storage.schemas import SYMBOL, TableSpec, table_spec
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from pathlib import Path
 
-    import numpy as np
     import numpy.typing as npt
 
     from ingest.config import StorageSettings, StreamName
 
-__all__ = ["Dataset", "TableWriter", "WriterStats", "make_writer_id", "open_dataset"]
+__all__ = [
+    "Dataset",
+    "TableWriter",
+    "WriterStats",
+    "make_writer_id",
+    "open_dataset",
+]
 
 log = structlog.get_logger("storage")
 
@@ -149,8 +156,10 @@ class TableWriter:
         writer_id: str,
         metadata: dict[str, str],
         metrics: Metrics,
+        on_refused: Callable[[StreamName, str, Refused], Awaitable[None]] | None = None,
     ) -> None:
         self.stream = stream
+        self._on_refused = on_refused
         self._metrics = metrics
         self.spec = spec
         self.stats = WriterStats()
@@ -197,7 +206,7 @@ class TableWriter:
             return
         records, self._buffer = self._buffer, []
         try:
-            rows, recv_ns = await anyio.to_thread.run_sync(self._write, records)
+            rows, recv_ns, refused = await anyio.to_thread.run_sync(self._write, records)
         except StorageError as exc:
             self._metrics.storage_errors.inc(self.stream, self.spec.name)
             self._buffer[:0] = records  # keep them for the next attempt
@@ -208,13 +217,25 @@ class TableWriter:
             sealed_ns = self.stats.last_seal_ns
             latency = (sealed_ns - recv_ns) / 1e9
             self._metrics.seal_latency.observe_many(latency, self.stream, self.spec.name)
+            if refused:
+                log.warning(
+                    "records_refused", stream=self.stream, table=self.spec.name, count=len(refused)
+                )
+                if self._on_refused is not None:
+                    await self._on_refused(self.stream, self.spec.name, refused)
         finally:
             self._drained.set()
             self._drained = anyio.Event()
 
-    def _write(self, records: list[Any]) -> tuple[int, npt.NDArray[np.int64]]:
-        """Convert, sort and seal; the row count and every row's receive time (for latency)."""
-        table = self.spec.to_table(records)
+    def _write(self, records: list[Any]) -> tuple[int, npt.NDArray[np.int64], Refused]:
+        """Convert, sort and seal: row count, every row's receive time, the refused records."""
+        try:
+            table: pa.Table | None = self.spec.to_table(records)
+            refused: Refused = []
+        except CONVERSION_ERRORS:
+            table, refused = convert_or_refuse(self.spec, records)
+        if table is None:
+            return 0, np.zeros(0, np.int64), refused
         table = prepare(table, self.spec).replace_schema_metadata(self._metadata)
         for day, part in split_by_date(table, self.spec.time_column):
             first = pc.min(part[self.spec.time_column].cast(pa.int64())).as_py() or 0
@@ -232,7 +253,7 @@ class TableWriter:
             self.stats.files += 1
         self.stats.last_seal_ns = time.time_ns()
         log.debug("file_sealed", stream=self.stream, table=self.spec.name, rows=table.num_rows)
-        return table.num_rows, table["recv_ts"].cast(pa.int64()).to_numpy()
+        return table.num_rows, table["recv_ts"].cast(pa.int64()).to_numpy(), refused
 
 
 @dataclass(slots=True)
@@ -247,6 +268,7 @@ class Dataset:
     metrics: Metrics
     _group: anyio.abc.TaskGroup
     writers: dict[tuple[StreamName, str], TableWriter] = field(default_factory=dict)
+    on_refused: Callable[[StreamName, str, Refused], Awaitable[None]] | None = None
 
     def writer(self, stream: StreamName, table: str) -> TableWriter:
         """The writer of `stream/table`, started on first use."""
@@ -262,6 +284,7 @@ class Dataset:
                 writer_id=self.writer_id,
                 metadata=self.metadata,
                 metrics=self.metrics,
+                on_refused=self.on_refused,
             )
             self.writers[key] = writer
             self._group.start_soon(writer.run)
@@ -277,12 +300,23 @@ async def open_dataset(
     metadata: dict[str, str],
     indicator_columns: Sequence[str],
     metrics: Metrics | None = None,
+    on_refused: Callable[[StreamName, str, Refused], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Dataset]:
-    """A dataset whose writers all seal their buffers when the block exits, however it exits."""
+    """A dataset whose writers all seal their buffers when the block exits, however it exits.
+
+    Records a table cannot convert are handed to `on_refused` (the quarantine) after each seal.
+    """
     await anyio.to_thread.run_sync(_check_writable, root)
     async with anyio.create_task_group() as group:
         dataset = Dataset(
-            root, settings, writer_id, metadata, indicator_columns, metrics or Metrics(), group
+            root,
+            settings,
+            writer_id,
+            metadata,
+            indicator_columns,
+            metrics or Metrics(),
+            group,
+            on_refused=on_refused,
         )
         try:
             yield dataset

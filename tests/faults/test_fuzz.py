@@ -24,6 +24,7 @@ from ingest.config import STREAMS, Settings, StreamName, settings_from_mapping
 from ingest.metrics import Metrics
 from ingest.pipeline import indicator_columns
 from ingest.router import StreamRouter
+from ingest.screen import quarantine_refused
 from storage.parquet import open_dataset
 from storage.quarantine import Quarantine
 from storage.schemas import table_for
@@ -167,6 +168,7 @@ async def run_router(stream: StreamName, frames: list[bytes], root: Path) -> tup
         metadata={},
         indicator_columns=indicator_columns(settings.pipeline),
         metrics=metrics,
+        on_refused=quarantine_refused(quarantine, metrics),
     ) as dataset:
         router = StreamRouter(stream, settings, dataset, quarantine, metrics)
         async with anyio.create_task_group() as tg:
