@@ -183,6 +183,13 @@ class Metrics:
             "ingest_dropped_total", "Batches dropped by the drop backpressure policy.", ("stream",)
         )
     )
+    corrections: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_corrections_total",
+            "Trade corrections and cancels, by what they did to the bars (ingest.corrections).",
+            ("stream", "kind", "applied"),
+        )
+    )
     reconnects: Counter = field(
         default_factory=lambda: Counter(
             "ingest_reconnects_total", "Reconnects of a stream's connection.", ("stream",)
@@ -248,6 +255,7 @@ class Metrics:
             self.quarantined,
             self.symbol_failures,
             self.dropped,
+            self.corrections,
             self.reconnects,
             self.storage_errors,
             self.queue_depth,

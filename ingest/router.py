@@ -19,11 +19,20 @@ import pyarrow as pa
 import structlog
 
 from ingest.config import PipelineSettings, Settings, StreamName
+from ingest.corrections import TradeMemory, apply_correction
 from ingest.pipeline import PipelineOutput, SymbolPipeline
 from ingest.screen import parseable_timestamps, screen_frame
 from storage.parquet import SEAL_GRACE_SECONDS, Dataset
 from storage.schemas import parse_timestamps, table_for
-from streams.messages import AnyMessage, CryptoTrade, NewsArticle, OptionTrade, StockTrade
+from streams.messages import (
+    AnyMessage,
+    CancelError,
+    Correction,
+    CryptoTrade,
+    NewsArticle,
+    OptionTrade,
+    StockTrade,
+)
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -166,16 +175,18 @@ class StreamRouter:
     async def _symbol_task(self, symbol: str, receive: MemoryObjectReceiveStream[Batch]) -> None:
         with structlog.contextvars.bound_contextvars(stream=self.stream, symbol=symbol):
             pipeline = self._factory(symbol, self._settings.pipeline)
+            memory = self._memory()
             async with receive:
                 async for batch in receive:
                     try:
-                        await self._process(symbol, pipeline, batch)
+                        await self._process(symbol, pipeline, batch, memory)
                     except Exception:
                         # Supervisor boundary: one symbol's bug must not stop its siblings.
                         log.exception("symbol_task_failed")
                         self._metrics.symbol_failures.inc(self.stream)
                         self.symbols[symbol].failures += 1
                         pipeline = self._factory(symbol, self._settings.pipeline)
+                        memory = self._memory()
             with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
                 try:
                     await self._emit(pipeline.flush(), time.time_ns())
@@ -183,7 +194,19 @@ class StreamRouter:
                     log.exception("symbol_flush_failed")
                     self._metrics.symbol_failures.inc(self.stream)
 
-    async def _process(self, symbol: str, pipeline: SymbolPipeline, batch: Batch) -> None:
+    def _memory(self) -> TradeMemory | None:
+        """Stock trades are remembered for corrections and cancels; other streams have none."""
+        if self.stream != "stocks":
+            return None
+        return TradeMemory(self._settings.pipeline.correction_window)
+
+    async def _process(
+        self,
+        symbol: str,
+        pipeline: SymbolPipeline,
+        batch: Batch,
+        memory: TradeMemory | None = None,
+    ) -> None:
         by_table: dict[str, Batch] = {}
         tables = self._tables
         for message in batch:
@@ -193,6 +216,10 @@ class StreamRouter:
                 table = tables[kind] = table_for(self.stream, kind)
             if table is not None:
                 by_table.setdefault(table, []).append(message)
+        in_order = memory is not None and ("corrections" in by_table or "cancels" in by_table)
+        if in_order:
+            assert memory is not None
+            await self._correct_in_order(symbol, pipeline, memory, batch)
         for table, records in by_table.items():
             await self._dataset.writer(self.stream, table).put(records)
             self._metrics.messages.inc(self.stream, table, amount=len(records))
@@ -200,6 +227,18 @@ class StreamRouter:
         state.messages += len(batch)
         state.last_recv_ns = batch[-1].recv_ns
         trades = cast("list[Trade]", by_table.get("trades"))
+        if trades and not in_order:
+            await self._feed(symbol, pipeline, memory, trades)
+
+    async def _feed(
+        self,
+        symbol: str,
+        pipeline: SymbolPipeline,
+        memory: TradeMemory | None,
+        trades: list[Trade],
+    ) -> None:
+        """Run trades through the pipeline (and remember stock trades for corrections)."""
+        state = self.symbols[symbol]
         if trades:
             try:
                 ts = parse_timestamps([t.t for t in trades]).cast(pa.int64()).to_numpy()
@@ -213,10 +252,30 @@ class StreamRouter:
             state.last_event_ns = int(ts.max())
             price = np.fromiter((t.p for t in trades), np.float64, len(trades))
             size = np.fromiter((t.s for t in trades), np.float64, len(trades))
+            if memory is not None:
+                memory.remember(
+                    pipeline.trades_seen, cast("list[StockTrade]", trades), ts, price, size
+                )
             output = pipeline.on_trades(ts, price, size)
             lag = (time.time_ns() - state.last_event_ns) / 1e9
             self._metrics.latency.observe(lag, self.stream, count=len(trades))
             await self._emit(output, trades[-1].recv_ns)
+
+    async def _correct_in_order(
+        self, symbol: str, pipeline: SymbolPipeline, memory: TradeMemory, batch: Batch
+    ) -> None:
+        """A batch with corrections, in arrival order: each fix sees the bars as they were."""
+        pending: list[Trade] = []
+        for message in batch:
+            if isinstance(message, StockTrade):
+                pending.append(message)
+            elif isinstance(message, Correction | CancelError):
+                await self._feed(symbol, pipeline, memory, pending)
+                pending = []
+                message.applied = apply_correction(pipeline, memory, message)
+                kind = "correction" if isinstance(message, Correction) else "cancel"
+                self._metrics.corrections.inc(self.stream, kind, message.applied)
+        await self._feed(symbol, pipeline, memory, pending)
 
     async def _emit(self, output: PipelineOutput, recv_ns: int) -> None:
         if output.bars:

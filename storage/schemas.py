@@ -148,6 +148,7 @@ CORRECTIONS: Final = _schema(
         ("corr_size", pa.float64()),
         ("corr_conditions", STRINGS),
         ("tape", pa.string()),
+        ("applied", pa.string()),
     ]
 )
 CANCELS: Final = _schema(
@@ -158,6 +159,7 @@ CANCELS: Final = _schema(
         ("size", pa.float64()),
         ("action", pa.string()),
         ("tape", pa.string()),
+        ("applied", pa.string()),
     ]
 )
 IMBALANCES: Final = _schema([("price", pa.float64()), ("tape", pa.string())])
@@ -222,6 +224,11 @@ def _market(schema: pa.Schema, columns: dict[str, Column]) -> Converter:
 _SYMBOL: Final = attrgetter("S")
 _TIME: Final = attrgetter("t")
 _RECV: Final = attrgetter("recv_ns")
+
+
+def _applied(rs: Sequence[Any]) -> list[str | None]:
+    """What a correction or cancel did to the bars (`ingest.corrections`); null if not judged."""
+    return [r.applied or None for r in rs]
 
 
 def _one_condition(rs: Sequence[Any]) -> list[list[str]]:
@@ -338,11 +345,20 @@ _corrections = _market(
         "corr_size": "cs",
         "corr_conditions": "cc",
         "tape": "z",
+        "applied": _applied,
     },
 )
 _cancels = _market(
     CANCELS,
-    {"trade_id": "i", "exchange": "x", "price": "p", "size": "s", "action": "a", "tape": "z"},
+    {
+        "trade_id": "i",
+        "exchange": "x",
+        "price": "p",
+        "size": "s",
+        "action": "a",
+        "tape": "z",
+        "applied": _applied,
+    },
 )
 _imbalances = _market(IMBALANCES, {"price": "p", "tape": "z"})
 
@@ -448,6 +464,7 @@ def bars_spec(indicator_columns: Sequence[str]) -> TableSpec:
             ("trade_count", pa.int64()),
             ("vwap", pa.float64()),
             ("partial", pa.bool_()),
+            ("corrections", pa.int32()),
             *[(name, pa.float64()) for name in indicator_columns],
             ("session_vwap", pa.float64()),
             ("trend", pa.string()),

@@ -155,6 +155,8 @@ class Correction(_Market, tag="c", kw_only=True):
     cs: NonNegative
     cc: list[str] = []
     z: str = ""
+    applied: str = ""
+    """What it did to the bars (`ingest.corrections`); set by the daemon, never on the wire."""
 
 
 class CancelError(_Market, tag="x", kw_only=True):
@@ -166,6 +168,8 @@ class CancelError(_Market, tag="x", kw_only=True):
     s: NonNegative
     a: str
     z: str = ""
+    applied: str = ""
+    """What it did to the bars (`ingest.corrections`); set by the daemon, never on the wire."""
 
 
 class Imbalance(_Market, tag="i", kw_only=True):

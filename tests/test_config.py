@@ -100,6 +100,11 @@ BAD: list[Any] = [
         "'alpaca.max_frame_bytes': 10 is invalid; expected an integer >= 1024",
         id="max-frame-bytes",
     ),
+    pytest.param(
+        {"pipeline": {"correction_window": 0}},
+        "'pipeline.correction_window': 0 is invalid; expected an integer >= 1",
+        id="correction-window",
+    ),
 ]
 
 
