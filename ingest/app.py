@@ -1,13 +1,20 @@
 """The daemon: one root task group, one child group per stream type, one task per symbol.
 
+Start: journal segments an unclean stop left behind are replayed into the dataset
+(`storage.recovery`), the de-duplication filter learns what the dataset holds (`storage.dedup`),
+then the source starts. Every frame passes its stream's intake (de-duplicate, journal, deliver;
+`ingest.intake`) on its way to the router.
+
 Shutdown has one path. A signal, `--duration` or the end of a replay sets `stop`; that cancels only
-the source (reading stops; a frame being handed over is finished under a shield). Each stream's
-router is then closed, its symbol tasks drain their queues and flush their open bars as partial,
-and finally every table writer seals its buffer. Nothing received is left unwritten.
+the source (reading stops; a frame being handed over is finished under a shield). Each intake
+journals and delivers what it holds, each stream's router is then closed, its symbol tasks drain
+their queues and flush their open bars as partial, every table writer seals its buffer, and the
+journal segments that Parquet now covers are deleted. Nothing received is left unwritten.
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from dataclasses import dataclass, field
@@ -17,6 +24,7 @@ import anyio
 import structlog
 
 from ingest import __version__
+from ingest.intake import StreamIntake
 from ingest.live import LiveHub
 from ingest.metrics import Metrics
 from ingest.pipeline import SymbolPipeline, indicator_columns
@@ -25,8 +33,18 @@ from ingest.screen import quarantine_refused
 from ingest.sdnotify import Notifier, run_watchdog
 from ingest.server import serve
 from ingest.state import DaemonState
-from storage.parquet import SEAL_GRACE_SECONDS, Dataset, make_writer_id, open_dataset
+from storage.compact import repair_compactions
+from storage.dedup import DedupFilter
+from storage.journal import SegmentWriter, probe_journal
+from storage.parquet import (
+    SEAL_GRACE_SECONDS,
+    Dataset,
+    make_writer_id,
+    open_dataset,
+    writer_prefix,
+)
 from storage.quarantine import Quarantine
+from storage.recovery import recover_journal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -55,6 +73,10 @@ class RunResult:
     quarantined: int = 0
     symbol_failures: int = 0
     seconds: float = 0.0
+    recovered_frames: int = 0
+    """Frames replayed from the journal at start (after an unclean stop)."""
+    duplicates: int = 0
+    """Messages dropped because the dataset already held them."""
 
 
 async def run_daemon(
@@ -105,8 +127,22 @@ async def run_daemon(
     }
     root = settings.ingest.data_dir
     quarantine = Quarantine(root, writer_id)
-
+    indicators = indicator_columns(settings.pipeline)
     log.info("daemon_started", source=source.name, streams=list(streams), data_dir=str(root))
+
+    def make_router(stream: StreamName, dataset: Dataset) -> StreamRouter:
+        return StreamRouter(
+            stream,
+            settings,
+            dataset,
+            quarantine,
+            metrics,
+            pipeline_factory=pipeline_factory,
+            on_bar=publish,
+        )
+
+    recovered = 0
+    dedup = DedupFilter(settings.storage.dedup_horizon, indicators)
     async with anyio.create_task_group() as root_group:
         await root_group.start(run_watchdog, notifier, state.alive)
         state.port = await root_group.start(serve, settings.server, state, metrics, hub)
@@ -114,27 +150,53 @@ async def run_daemon(
             root_group.start_soon(_stop_on_signals, stop, root_group.cancel_scope)
         if duration is not None:
             root_group.start_soon(_stop_after, stop, duration)
-        async with open_dataset(
-            root,
-            settings.storage,
-            writer_id=writer_id,
-            metadata=metadata,
-            indicator_columns=indicator_columns(settings.pipeline),
-            metrics=metrics,
-            on_refused=quarantine_refused(quarantine, metrics),
-        ) as dataset:
-            routers = {
-                stream: StreamRouter(
+        await anyio.to_thread.run_sync(_prepare_storage, settings)
+        if settings.storage.journal:
+            recovered = await recover_journal(
+                settings,
+                writer_id=writer_id,
+                prefix=writer_prefix(settings.ingest.shard),
+                metadata=metadata,
+                indicator_columns=indicators,
+                metrics=metrics,
+                make_router=lambda stream, dataset: StreamRouter(
                     stream,
                     settings,
                     dataset,
                     quarantine,
                     metrics,
                     pipeline_factory=pipeline_factory,
-                    on_bar=publish,
+                ),
+            )
+        await anyio.to_thread.run_sync(dedup.seed, root, streams)
+        journals = {
+            stream: _segment_writer(settings, writer_id, stream)
+            for stream in streams
+            if settings.storage.journal
+        }
+        async with open_dataset(
+            root,
+            settings.storage,
+            writer_id=writer_id,
+            metadata=metadata,
+            indicator_columns=indicators,
+            metrics=metrics,
+            on_refused=quarantine_refused(quarantine, metrics),
+        ) as dataset:
+            routers = {stream: make_router(stream, dataset) for stream in streams}
+            intakes = {
+                stream: StreamIntake(
+                    stream,
+                    router.deliver,
+                    journal=journals.get(stream),
+                    dedup=dedup,
+                    settings=settings.storage,
+                    metrics=metrics,
+                    unsealed=functools.partial(_unsealed, router, dataset, stream),
                 )
-                for stream in streams
+                for stream, router in routers.items()
             }
+            dataset.on_sealed = lambda stream: intakes[stream].notify_sealed()
             state.attach(routers)
             async with anyio.create_task_group() as stream_groups:
                 for router in routers.values():
@@ -149,16 +211,28 @@ async def run_daemon(
                     stop,
                     progress_seconds,
                 )
-                sinks: Mapping[StreamName, FrameSink] = {s: r.deliver for s, r in routers.items()}
-                await _run_source(source, sinks, stop, ready)
-                state.stopping = True
-                notifier.stopping()
-                log.info("source_stopped", source=source.name)
+                async with anyio.create_task_group() as intake_group:
+                    for intake in intakes.values():
+                        await intake_group.start(intake.run)
+                    sinks: Mapping[StreamName, FrameSink] = {s: i.put for s, i in intakes.items()}
+                    await _run_source(source, sinks, stop, ready)
+                    state.stopping = True
+                    notifier.stopping()
+                    log.info("source_stopped", source=source.name)
+                    for intake in intakes.values():
+                        intake.close()
                 for router in routers.values():
                     router.close()
                 stop.set()
+        with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
+            for intake in intakes.values():
+                await intake.checkpoint()
+            for journal in journals.values():
+                await anyio.to_thread.run_sync(journal.close)
         root_group.cancel_scope.cancel()  # the timers and signal watcher have nothing left to do
     result = _result(settings, writer_id, dataset, metrics, quarantine, time.monotonic() - started)
+    result.recovered_frames = recovered
+    result.duplicates = sum(dedup.dropped.values())
     log.info(
         "daemon_stopped",
         seconds=round(result.seconds, 1),
@@ -166,8 +240,36 @@ async def run_daemon(
         files=sum(result.files.values()),
         quarantined=result.quarantined,
         symbol_failures=result.symbol_failures,
+        recovered_frames=result.recovered_frames,
+        duplicates=result.duplicates,
     )
     return result
+
+
+def _prepare_storage(settings: Settings) -> None:
+    """Fail fast if nothing can be written; tidy what an interrupted compaction left."""
+    root = settings.ingest.data_dir
+    if settings.storage.journal:
+        probe_journal(root)
+    repair_compactions(root)
+
+
+def _segment_writer(settings: Settings, writer_id: str, stream: StreamName) -> SegmentWriter:
+    storage = settings.storage
+    return SegmentWriter(
+        settings.ingest.data_dir / "_journal" / stream,
+        writer_id,
+        fsync=storage.fsync,
+        fsync_interval_ms=storage.fsync_interval_ms,
+        segment_bytes=storage.journal_segment_mb << 20,
+        max_age_seconds=storage.roll_seconds,
+    )
+
+
+def _unsealed(router: StreamRouter, dataset: Dataset, stream: StreamName) -> int | None:
+    """Receive time of the oldest frame of `stream` the router or a writer still holds."""
+    found = [router.oldest_inflight_ns(), dataset.oldest_unsealed_ns(stream)]
+    return min((ns for ns in found if ns is not None), default=None)
 
 
 async def _run_source(

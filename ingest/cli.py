@@ -12,6 +12,7 @@ import dataclasses
 import os
 import sys
 from contextlib import AsyncExitStack
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -20,6 +21,7 @@ import anyio
 from ingest import __version__
 from ingest.app import RunResult, run_daemon
 from ingest.config import (
+    STREAMS,
     Settings,
     StreamName,
     check_streams,
@@ -33,6 +35,7 @@ from ingest.logconfig import configure_logging
 from ingest.metrics import Metrics
 from ingest.sdnotify import Notifier
 from ingest.status_cli import DEFAULT_URL, status_command
+from storage.schemas import tables_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -80,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate and print the configuration")
     check.add_argument("--config", type=Path)
+
+    compact = commands.add_parser(
+        "compact", help="merge the small Parquet files of closed partitions, atomically"
+    )
+    compact.add_argument("--config", type=Path)
+    compact.add_argument("--data-dir", type=Path)
+    compact.add_argument("--table", help="a table (trades) or one stream's table (stocks/trades)")
+    compact.add_argument("--date", help="only the partition of this UTC date (YYYY-MM-DD)")
     return parser
 
 
@@ -198,6 +209,11 @@ def format_summary(result: RunResult) -> str:
         f"ran {result.seconds:.1f}s, quarantined {result.quarantined}, "
         f"symbol failures {result.symbol_failures}"
     )
+    if result.recovered_frames or result.duplicates:
+        lines.append(
+            f"journal: recovered {result.recovered_frames} frames after an unclean stop; "
+            f"dropped {result.duplicates} messages already in the dataset"
+        )
     glob = f"{result.data_dir}/stocks/trades/**/*.parquet"
     lines.append(
         f"query: duckdb -c \"select count(*) from read_parquet('{glob}', hive_partitioning=true)\""
@@ -255,14 +271,48 @@ def render_settings(settings: Settings) -> str:
     return "\n".join(out)
 
 
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from storage.compact import compact_dataset, describe
+
+    settings = _settings(args)
+    day: str | None = args.date
+    if day is not None:
+        try:
+            date.fromisoformat(day)
+        except ValueError:
+            msg = f"--date: {day!r} is invalid; expected a UTC date such as 2024-07-01"
+            raise ConfigError(msg) from None
+    table: str | None = args.table
+    known = sorted(
+        {t for s in STREAMS for t in tables_of(s)}
+        | {f"{s}/{t}" for s in STREAMS for t in tables_of(s)}
+    )
+    if table is not None and table not in known:
+        msg = f"--table: {table!r} is invalid; expected a table such as 'trades' or 'stocks/trades'"
+        raise ConfigError(msg)
+    configure_logging("auto")
+    results = compact_dataset(
+        settings.ingest.data_dir,
+        table=table,
+        day=day,
+        compact_after=settings.storage.compact_after,
+        compression=settings.storage.compression,
+    )
+    print(describe(results))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ingest` console script."""
     code = EXIT_OK
     try:
         args = _parser().parse_args(argv)
-        handler = {"run": _cmd_run, "check-config": _cmd_check_config, "status": _cmd_status}[
-            args.command
-        ]
+        handler = {
+            "run": _cmd_run,
+            "check-config": _cmd_check_config,
+            "status": _cmd_status,
+            "compact": _cmd_compact,
+        }[args.command]
         code = handler(args)
     except* ConfigError as group:
         code = _fail(group, EXIT_USAGE)

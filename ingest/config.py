@@ -179,6 +179,14 @@ class StorageSettings:
     queue_size: int = 1024
     """Bound of each memory stream between stages, in batches."""
     backpressure: BackpressurePolicy = "block"
+    journal: bool = True
+    """Append every received frame to `_journal/` before the pipeline sees it (crash recovery)."""
+    journal_segment_mb: int = 64
+    """A journal segment is rotated at this size (and after `roll_seconds`)."""
+    dedup_horizon: float = 60.0
+    """Seconds of event time before the dataset's newest row within which keys are checked."""
+    compact_after: float = 3600.0
+    """`ingest compact` treats a date partition as closed this long after its UTC day ended."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +270,12 @@ def _float(key: str, value: object, minimum: float = 0.0) -> float:
     if not math.isfinite(number) or number < minimum:
         raise _fail(key, value, f"a finite number >= {minimum}")
     return number
+
+
+def _bool(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, value, "true or false")
+    return value
 
 
 def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:
@@ -504,6 +518,12 @@ def _storage(raw: _Section) -> StorageSettings:
         backpressure=raw.take(
             "backpressure", _choice_of(get_args(BackpressurePolicy)), d.backpressure
         ),
+        journal=raw.take("journal", _bool, d.journal),
+        journal_segment_mb=raw.take(
+            "journal_segment_mb", lambda k, v: _int(k, v, 1), d.journal_segment_mb
+        ),
+        dedup_horizon=raw.take("dedup_horizon", parse_duration, d.dedup_horizon),
+        compact_after=raw.take("compact_after", parse_duration, d.compact_after),
     )
     raw.finish(_known(StorageSettings))
     return settings

@@ -197,7 +197,37 @@ class Metrics:
     )
     storage_errors: Counter = field(
         default_factory=lambda: Counter(
-            "ingest_storage_errors_total", "Failed Parquet seals (retried).", ("stream", "table")
+            "ingest_storage_errors_total",
+            "Failed Parquet seals and journal appends (table _journal), retried.",
+            ("stream", "table"),
+        )
+    )
+    deduplicated: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_deduplicated_total",
+            "Messages dropped because the dataset already held their keys.",
+            ("stream", "table"),
+        )
+    )
+    journal_segments: Gauge = field(
+        default_factory=lambda: Gauge(
+            "ingest_journal_segments",
+            "Journal segments on disk, not yet covered by sealed Parquet files.",
+            ("stream",),
+        )
+    )
+    recovered: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_journal_recovered_frames_total",
+            "Frames replayed from the journal at start after an unclean stop.",
+            ("stream",),
+        )
+    )
+    torn_tails: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_journal_torn_tails_total",
+            "Journal segments whose half-written last batch was cut at recovery.",
+            ("stream",),
         )
     )
     queue_depth: Gauge = field(
@@ -258,6 +288,10 @@ class Metrics:
             self.corrections,
             self.reconnects,
             self.storage_errors,
+            self.deduplicated,
+            self.journal_segments,
+            self.recovered,
+            self.torn_tails,
             self.queue_depth,
             self.connected,
             self.latency,

@@ -9,6 +9,7 @@ is logged with the symbol, counted, and the state is rebuilt while every other s
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -92,6 +93,8 @@ class StreamRouter:
         self._factory = pipeline_factory
         self._on_bar = on_bar
         self._sends: dict[str, MemoryObjectSendStream[Batch]] = {}
+        self._inflight: dict[str, deque[int]] = {}
+        """Per symbol, the receive times of batches sent but not yet through `_process`."""
         self._group: anyio.abc.TaskGroup | None = None
         self._closed = anyio.Event()
         self._tables: dict[type, str | None] = {}
@@ -118,10 +121,15 @@ class StreamRouter:
         """Batches waiting across this stream's symbol queues."""
         return sum(s.statistics().current_buffer_used for s in self._sends.values())
 
+    def oldest_inflight_ns(self) -> int | None:
+        """Receive time of the oldest frame some symbol task has not yet handed to the writers."""
+        return min((q[0] for q in self._inflight.values() if q), default=None)
+
     def _spawn(self, symbol: str) -> MemoryObjectSendStream[Batch]:
         assert self._group is not None, "StreamRouter.run must be started first"
         send, receive = anyio.create_memory_object_stream[Batch](self._settings.storage.queue_size)
         self._sends[symbol] = send
+        self._inflight[symbol] = deque()
         self.symbols.setdefault(symbol, SymbolState())
         self._group.start_soon(self._symbol_task, symbol, receive, name=f"{self.stream}:{symbol}")
         return send
@@ -138,12 +146,15 @@ class StreamRouter:
                 await self._quarantine.put(self.stream, frame.recv_ns, frame.rejects)
             for symbol, batch in self._split(frame.messages).items():
                 send = self._sends.get(symbol) or self._spawn(symbol)
+                inflight = self._inflight[symbol]
+                inflight.append(frame.recv_ns)
                 if self._settings.storage.backpressure == "block":
                     await send.send(batch)
                 else:
                     try:
                         send.send_nowait(batch)
                     except anyio.WouldBlock:
+                        inflight.pop()
                         self._metrics.dropped.inc(self.stream, amount=len(batch))
 
     def _split(self, messages: list[AnyMessage]) -> dict[str, Batch]:
@@ -176,6 +187,7 @@ class StreamRouter:
         with structlog.contextvars.bound_contextvars(stream=self.stream, symbol=symbol):
             pipeline = self._factory(symbol, self._settings.pipeline)
             memory = self._memory()
+            inflight = self._inflight[symbol]
             async with receive:
                 async for batch in receive:
                     try:
@@ -187,9 +199,14 @@ class StreamRouter:
                         self.symbols[symbol].failures += 1
                         pipeline = self._factory(symbol, self._settings.pipeline)
                         memory = self._memory()
+                    finally:
+                        inflight.popleft()
             with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
                 try:
-                    await self._emit(pipeline.flush(), time.time_ns())
+                    # Stamped just after the symbol's last frame, not with the wall clock, so a
+                    # recovery that replays the same frames recognises these rows as sealed.
+                    last = self.symbols[symbol].last_recv_ns
+                    await self._emit(pipeline.flush(), last + 1 if last else time.time_ns())
                 except Exception:
                     log.exception("symbol_flush_failed")
                     self._metrics.symbol_failures.inc(self.stream)

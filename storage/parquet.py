@@ -5,6 +5,12 @@ hive-partitioned by the UTC date of the table's time column, rows sorted by (sym
 written under a hidden temporary name, fsynced, renamed into place and its directory fsynced, so a
 reader never sees a partial file and a crash never leaves one. The writer id (shard, start time,
 pid, random) keeps names distinct across restarts and shards writing to one dataset.
+
+A failed seal (disk full, unwritable directory) is counted and retried with back-off; the date
+partitions already written are not written again, so per (symbol, date) the sealed rows are always
+a prefix of the rows put, in order (crash recovery relies on it, see `storage.recovery`). Each
+writer reports the receive time of the oldest row it has not sealed, so the journal knows which
+segments Parquet covers.
 """
 
 from __future__ import annotations
@@ -12,12 +18,12 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -25,23 +31,27 @@ import structlog
 
 from ingest.errors import StorageError
 from ingest.metrics import Metrics
+from storage.atomic import fsync_dir, table_lock
 from storage.refusals import CONVERSION_ERRORS, Refused, convert_or_refuse
 from storage.schemas import SYMBOL, TableSpec, table_spec
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable
     from pathlib import Path
 
+    import numpy as np
     import numpy.typing as npt
 
     from ingest.config import StorageSettings, StreamName
 
 __all__ = [
+    "Admission",
     "Dataset",
     "TableWriter",
     "WriterStats",
     "make_writer_id",
     "open_dataset",
+    "writer_prefix",
 ]
 
 log = structlog.get_logger("storage")
@@ -49,12 +59,22 @@ log = structlog.get_logger("storage")
 _DAY_NS: Final = 86_400 * 1_000_000_000
 SEAL_GRACE_SECONDS: Final = 30.0
 """How long shutdown may spend sealing open buffers; systemd's TimeoutStopSec sits above it."""
+RETRY_FIRST_SECONDS: Final = 0.1
+RETRY_MAX_SECONDS: Final = 5.0
+
+Admission = Callable[[Sequence[Any]], Sequence[Any]]
+"""Decides which records of a `put` are written (crash recovery drops rows already sealed)."""
+
+
+def writer_prefix(shard: tuple[int, int] = (0, 1)) -> str:
+    """How every writer id of a shard begins (recovery takes only its own shard's journal)."""
+    return f"s{shard[0]}of{shard[1]}-"
 
 
 def make_writer_id(shard: tuple[int, int] = (0, 1)) -> str:
     """A name part unique to this process: shard, start time, pid and a random suffix."""
     started = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    return f"s{shard[0]}of{shard[1]}-{started}-{os.getpid()}-{secrets.token_hex(3)}"
+    return f"{writer_prefix(shard)}{started}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass(slots=True)
@@ -66,23 +86,14 @@ class WriterStats:
     last_seal_ns: int = 0
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_parquet_atomically(
     table: pa.Table, directory: Path, name: str, *, compression: str, fsync: bool
 ) -> None:
     """Write `table` as `directory/name` via a temporary file and a rename."""
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / name
     temporary = directory / f".{name}.tmp"
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         pq.write_table(
             table,
             temporary,
@@ -143,6 +154,23 @@ def _date(day: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
 
 
+@dataclass(slots=True)
+class _Sealed:
+    """What one seal attempt did: rows written (and their receive times), parts left to retry."""
+
+    rows: int = 0
+    recv_ns: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    remaining: list[tuple[str, pa.Table]] = field(default_factory=list)
+    remaining_oldest: int | None = None
+    error: str = ""
+    refused: Refused = field(default_factory=list)
+    """Records the table could not convert, for the quarantine."""
+
+
+def _recv_of(record: Any) -> int:
+    return int(record["recv_ts"] if isinstance(record, dict) else record.recv_ns)
+
+
 class TableWriter:
     """Buffers one table's records and seals them into Parquet files by rows or by seconds."""
 
@@ -156,6 +184,7 @@ class TableWriter:
         writer_id: str,
         metadata: dict[str, str],
         metrics: Metrics,
+        on_sealed: Callable[[StreamName], None] | None = None,
         on_refused: Callable[[StreamName, str, Refused], Awaitable[None]] | None = None,
     ) -> None:
         self.stream = stream
@@ -163,21 +192,39 @@ class TableWriter:
         self._metrics = metrics
         self.spec = spec
         self.stats = WriterStats()
+        self.admit: Admission | None = None
         self._directory = root / stream / spec.name
         self._settings = settings
         self._writer_id = writer_id
         self._metadata = {k.encode(): v.encode() for k, v in metadata.items()}
+        self._on_sealed = on_sealed
         self._buffer: list[Any] = []
+        self._retry: list[tuple[str, pa.Table]] = []
+        self._oldest: dict[str, int | None] = {"buffer": None, "sealing": None, "retry": None}
         self._seq = 0
         self._full = anyio.Event()
+        self._stop = anyio.Event()
         self._drained = anyio.Event()
+        self._seal_lock = anyio.Lock()
         self._closing = False
         self._high_water = max(4 * settings.roll_rows, 10_000)
 
+    @property
+    def oldest_unsealed_ns(self) -> int | None:
+        """Receive time of the oldest row put but not yet durably sealed; `None` if none."""
+        return min((ns for ns in self._oldest.values() if ns is not None), default=None)
+
     async def put(self, records: Sequence[Any]) -> None:
         """Buffer records; waits while the buffer is over its bound (slow disk backpressure)."""
+        if self.admit is not None:
+            records = self.admit(records)
+        if not records:
+            return
         while len(self._buffer) >= self._high_water and not self._closing:
             await self._drained.wait()
+        recv_ns = _recv_of(records[0])
+        oldest = self._oldest["buffer"]
+        self._oldest["buffer"] = recv_ns if oldest is None else min(oldest, recv_ns)
         self._buffer.extend(records)
         if len(self._buffer) >= self._settings.roll_rows:
             self._full.set()
@@ -186,74 +233,139 @@ class TableWriter:
         """Ask `run` to seal what is buffered and return."""
         self._closing = True
         self._full.set()
+        self._stop.set()
 
     async def run(self) -> None:
-        """Seal files when the buffer fills or every `roll_seconds`, until closed."""
+        """Seal files when the buffer fills or every `roll_seconds`, until closed.
+
+        After a failed seal the next attempt waits a back-off (doubling, capped at
+        `roll_seconds`), however full the buffer is; producers block on the bound meanwhile.
+        """
         structlog.contextvars.clear_contextvars()  # started from whichever symbol wrote first
+        failures = 0
         try:
             while not self._closing:
-                with anyio.move_on_after(self._settings.roll_seconds):
-                    await self._full.wait()
+                if failures:
+                    with anyio.move_on_after(self._backoff(failures)):
+                        await self._stop.wait()
+                else:
+                    with anyio.move_on_after(self._settings.roll_seconds):
+                        await self._full.wait()
                 self._full = anyio.Event()
-                await self.seal()
+                failures = 0 if await self.seal() else failures + 1
         finally:
             with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
-                await self.seal()
+                attempt = 0
+                while not await self.seal():
+                    attempt += 1
+                    await anyio.sleep(self._backoff(attempt))
 
-    async def seal(self) -> None:
-        """Write everything buffered so far (in a worker thread) and wake blocked producers."""
-        if not self._buffer:
-            return
-        records, self._buffer = self._buffer, []
-        try:
-            rows, recv_ns, refused = await anyio.to_thread.run_sync(self._write, records)
-        except StorageError as exc:
-            self._metrics.storage_errors.inc(self.stream, self.spec.name)
-            self._buffer[:0] = records  # keep them for the next attempt
-            log.error("seal_failed", stream=self.stream, table=self.spec.name, error=str(exc))
-        else:
-            # Metrics are touched on the event loop only, never from the worker thread.
-            self._metrics.rows.inc(self.stream, self.spec.name, amount=rows)
-            sealed_ns = self.stats.last_seal_ns
-            latency = (sealed_ns - recv_ns) / 1e9
-            self._metrics.seal_latency.observe_many(latency, self.stream, self.spec.name)
-            if refused:
+    def _backoff(self, failures: int) -> float:
+        limit = min(RETRY_MAX_SECONDS, self._settings.roll_seconds)
+        return float(min(RETRY_FIRST_SECONDS * 2.0 ** (failures - 1), limit))
+
+    async def seal(self) -> bool:
+        """Write what is buffered (in a worker thread); wake blocked producers. True if all done.
+
+        Parts left over from a failed seal go first; new rows wait until they are written, so
+        rows of one symbol and date are sealed in the order they were put.
+        """
+        async with self._seal_lock:
+            if self._retry:
+                done = self._account(await anyio.to_thread.run_sync(self._write_parts, self._retry))
+                if not done:
+                    return False
+            if not self._buffer:
+                return True
+            records, self._buffer = self._buffer, []
+            self._oldest["sealing"], self._oldest["buffer"] = self._oldest["buffer"], None
+            try:
+                result = await anyio.to_thread.run_sync(self._write, records)
+            finally:
+                self._oldest["sealing"] = None
+            if result.refused:
                 log.warning(
-                    "records_refused", stream=self.stream, table=self.spec.name, count=len(refused)
+                    "records_refused",
+                    stream=self.stream,
+                    table=self.spec.name,
+                    count=len(result.refused),
                 )
                 if self._on_refused is not None:
-                    await self._on_refused(self.stream, self.spec.name, refused)
-        finally:
-            self._drained.set()
-            self._drained = anyio.Event()
+                    await self._on_refused(self.stream, self.spec.name, result.refused)
+            return self._account(result)
 
-    def _write(self, records: list[Any]) -> tuple[int, npt.NDArray[np.int64], Refused]:
-        """Convert, sort and seal: row count, every row's receive time, the refused records."""
+    def _account(self, result: _Sealed) -> bool:
+        """Book a seal attempt on the event loop: metrics, retry state, listeners."""
+        self._retry = result.remaining
+        self._oldest["retry"] = result.remaining_oldest
+        if result.rows:
+            # Metrics are touched on the event loop only, never from the worker thread.
+            self._metrics.rows.inc(self.stream, self.spec.name, amount=result.rows)
+            sealed_ns = self.stats.last_seal_ns
+            for recv_ns in result.recv_ns:
+                latency = (sealed_ns - recv_ns) / 1e9
+                self._metrics.seal_latency.observe_many(latency, self.stream, self.spec.name)
+        if result.error:
+            self._metrics.storage_errors.inc(self.stream, self.spec.name)
+            log.error(
+                "seal_failed",
+                stream=self.stream,
+                table=self.spec.name,
+                error=result.error,
+                rows_waiting=sum(part.num_rows for _, part in result.remaining),
+            )
+        self._drained.set()
+        self._drained = anyio.Event()
+        if result.rows and self._on_sealed is not None:
+            self._on_sealed(self.stream)
+        return not result.remaining
+
+    def _write(self, records: list[Any]) -> _Sealed:
+        """Convert, sort, split by date and seal; records that do not convert are refused."""
         try:
             table: pa.Table | None = self.spec.to_table(records)
             refused: Refused = []
         except CONVERSION_ERRORS:
             table, refused = convert_or_refuse(self.spec, records)
         if table is None:
-            return 0, np.zeros(0, np.int64), refused
+            return _Sealed(refused=refused)
         table = prepare(table, self.spec).replace_schema_metadata(self._metadata)
-        for day, part in split_by_date(table, self.spec.time_column):
+        result = self._write_parts(split_by_date(table, self.spec.time_column))
+        result.refused = refused
+        return result
+
+    def _write_parts(self, parts: list[tuple[str, pa.Table]]) -> _Sealed:
+        """Seal date parts in order; stop at the first failure and hand back what is left."""
+        result = _Sealed()
+        for index, (day, part) in enumerate(parts):
             first = pc.min(part[self.spec.time_column].cast(pa.int64())).as_py() or 0
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(first // 1_000_000_000))
             self._seq += 1
             name = f"part-{stamp}-{self._writer_id}-{self._seq:06d}.parquet"
-            write_parquet_atomically(
-                part,
-                self._directory / f"date={day}",
-                name,
-                compression=self._settings.compression,
-                fsync=self._settings.fsync != "never",
-            )
+            try:
+                with table_lock(self._directory, shared=True):
+                    write_parquet_atomically(
+                        part,
+                        self._directory / f"date={day}",
+                        name,
+                        compression=self._settings.compression,
+                        fsync=self._settings.fsync != "never",
+                    )
+            except StorageError as exc:
+                result.remaining = parts[index:]
+                result.remaining_oldest = min(
+                    pc.min(p["recv_ts"].cast(pa.int64())).as_py() or 0 for _, p in result.remaining
+                )
+                result.error = str(exc)
+                break
             self.stats.rows += part.num_rows
             self.stats.files += 1
-        self.stats.last_seal_ns = time.time_ns()
-        log.debug("file_sealed", stream=self.stream, table=self.spec.name, rows=table.num_rows)
-        return table.num_rows, table["recv_ts"].cast(pa.int64()).to_numpy(), refused
+            result.rows += part.num_rows
+            result.recv_ns.append(part["recv_ts"].cast(pa.int64()).to_numpy())
+        if result.rows:
+            self.stats.last_seal_ns = time.time_ns()
+            log.debug("file_sealed", stream=self.stream, table=self.spec.name, rows=result.rows)
+        return result
 
 
 @dataclass(slots=True)
@@ -268,7 +380,12 @@ class Dataset:
     metrics: Metrics
     _group: anyio.abc.TaskGroup
     writers: dict[tuple[StreamName, str], TableWriter] = field(default_factory=dict)
+    on_sealed: Callable[[StreamName], None] | None = None
+    """Told after any writer sealed rows (the journal then deletes covered segments)."""
+    admission: Callable[[StreamName, TableSpec], Admission | None] | None = None
+    """Gives each writer its `admit` filter when it is created (crash recovery)."""
     on_refused: Callable[[StreamName, str, Refused], Awaitable[None]] | None = None
+    """Takes the records a table could not convert (the quarantine)."""
 
     def writer(self, stream: StreamName, table: str) -> TableWriter:
         """The writer of `stream/table`, started on first use."""
@@ -284,11 +401,29 @@ class Dataset:
                 writer_id=self.writer_id,
                 metadata=self.metadata,
                 metrics=self.metrics,
+                on_sealed=self._sealed,
                 on_refused=self.on_refused,
             )
+            if self.admission is not None:
+                writer.admit = self.admission(stream, spec)
             self.writers[key] = writer
             self._group.start_soon(writer.run)
         return writer
+
+    def oldest_unsealed_ns(self, stream: StreamName) -> int | None:
+        """Receive time of the oldest row of `stream` that no Parquet file holds yet."""
+        return min(
+            (
+                ns
+                for (s, _), w in self.writers.items()
+                if s == stream and (ns := w.oldest_unsealed_ns) is not None
+            ),
+            default=None,
+        )
+
+    def _sealed(self, stream: StreamName) -> None:
+        if self.on_sealed is not None:
+            self.on_sealed(stream)
 
 
 @asynccontextmanager
@@ -300,6 +435,7 @@ async def open_dataset(
     metadata: dict[str, str],
     indicator_columns: Sequence[str],
     metrics: Metrics | None = None,
+    admission: Callable[[StreamName, TableSpec], Admission | None] | None = None,
     on_refused: Callable[[StreamName, str, Refused], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Dataset]:
     """A dataset whose writers all seal their buffers when the block exits, however it exits.
@@ -316,6 +452,7 @@ async def open_dataset(
             indicator_columns,
             metrics or Metrics(),
             group,
+            admission=admission,
             on_refused=on_refused,
         )
         try:

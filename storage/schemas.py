@@ -41,13 +41,17 @@ Converter = Callable[[Sequence[Any]], pa.Table]
 
 @dataclass(frozen=True, slots=True)
 class TableSpec:
-    """How one table is laid out and built."""
+    """How one table is laid out and built, and what identifies one of its rows."""
 
     name: str
     schema: pa.Schema
     to_table: Converter
     time_column: str = "ts"
     sort_by: tuple[str, ...] = ("symbol", "ts")
+    keys: tuple[str, ...] = ("symbol", "ts")
+    """Columns whose values identify a row: two rows with equal keys are one fact, stored once."""
+    watermark_column: str = "ts"
+    """The time column de-duplication compares against the dataset's newest row."""
 
 
 def parse_timestamps(values: Sequence[str]) -> pa.Array[Any]:
@@ -404,26 +408,75 @@ def _rows(schema: pa.Schema) -> Converter:
     return convert
 
 
+# De-duplication keys (docs/schema.md): what makes a row the same fact when it arrives twice.
+_TRADE_KEYS: Final = ("symbol", "ts", "exchange", "trade_id")
+_OPTION_TRADE_KEYS: Final = ("symbol", "ts", "exchange", "price", "size")
+_QUOTE_KEYS: Final = (
+    "symbol",
+    "ts",
+    "bid_price",
+    "bid_size",
+    "ask_price",
+    "ask_size",
+    "bid_exchange",
+    "ask_exchange",
+)
+_VENDOR_BAR_KEYS: Final = ("symbol", "bar_kind", "ts", "trade_count", "volume")
+_ANOMALY_KEYS: Final = ("symbol", "ts", "price")
+BAR_KEYS: Final = ("symbol", "bar_type", "bar_size", "ts", "partial")
+
+
+def _anomalies() -> TableSpec:
+    return TableSpec("anomalies", ANOMALIES, _rows(ANOMALIES), keys=_ANOMALY_KEYS)
+
+
 _SPECS: Final[dict[tuple[StreamName, str], TableSpec]] = {
-    ("stocks", "trades"): TableSpec("trades", TRADES, _stock_trades),
-    ("stocks", "quotes"): TableSpec("quotes", QUOTES, _stock_quotes),
-    ("stocks", "vendor_bars"): TableSpec("vendor_bars", VENDOR_BARS, _vendor_bars),
-    ("stocks", "statuses"): TableSpec("statuses", STATUSES, _statuses),
-    ("stocks", "lulds"): TableSpec("lulds", LULDS, _lulds),
-    ("stocks", "corrections"): TableSpec("corrections", CORRECTIONS, _corrections),
-    ("stocks", "cancels"): TableSpec("cancels", CANCELS, _cancels),
-    ("stocks", "imbalances"): TableSpec("imbalances", IMBALANCES, _imbalances),
-    ("stocks", "anomalies"): TableSpec("anomalies", ANOMALIES, _rows(ANOMALIES)),
-    ("crypto", "trades"): TableSpec("trades", TRADES, _crypto_trades),
-    ("crypto", "quotes"): TableSpec("quotes", QUOTES, _crypto_quotes),
-    ("crypto", "vendor_bars"): TableSpec("vendor_bars", VENDOR_BARS, _vendor_bars),
-    ("crypto", "orderbooks"): TableSpec("orderbooks", ORDERBOOKS, _orderbooks),
-    ("crypto", "anomalies"): TableSpec("anomalies", ANOMALIES, _rows(ANOMALIES)),
-    ("options", "trades"): TableSpec("trades", OPTION_TRADES, _option_trades),
-    ("options", "quotes"): TableSpec("quotes", OPTION_QUOTES, _option_quotes),
-    ("options", "anomalies"): TableSpec("anomalies", ANOMALIES, _rows(ANOMALIES)),
+    ("stocks", "trades"): TableSpec("trades", TRADES, _stock_trades, keys=_TRADE_KEYS),
+    ("stocks", "quotes"): TableSpec("quotes", QUOTES, _stock_quotes, keys=_QUOTE_KEYS),
+    ("stocks", "vendor_bars"): TableSpec(
+        "vendor_bars", VENDOR_BARS, _vendor_bars, keys=_VENDOR_BAR_KEYS
+    ),
+    ("stocks", "statuses"): TableSpec(
+        "statuses", STATUSES, _statuses, keys=("symbol", "ts", "status_code", "reason_code")
+    ),
+    ("stocks", "lulds"): TableSpec(
+        "lulds", LULDS, _lulds, keys=("symbol", "ts", "limit_up", "limit_down", "indicator")
+    ),
+    ("stocks", "corrections"): TableSpec(
+        "corrections",
+        CORRECTIONS,
+        _corrections,
+        keys=("symbol", "ts", "orig_trade_id", "corr_trade_id"),
+    ),
+    ("stocks", "cancels"): TableSpec(
+        "cancels", CANCELS, _cancels, keys=("symbol", "ts", "trade_id", "action")
+    ),
+    ("stocks", "imbalances"): TableSpec(
+        "imbalances", IMBALANCES, _imbalances, keys=("symbol", "ts", "price")
+    ),
+    ("stocks", "anomalies"): _anomalies(),
+    ("crypto", "trades"): TableSpec("trades", TRADES, _crypto_trades, keys=_TRADE_KEYS),
+    ("crypto", "quotes"): TableSpec("quotes", QUOTES, _crypto_quotes, keys=_QUOTE_KEYS),
+    ("crypto", "vendor_bars"): TableSpec(
+        "vendor_bars", VENDOR_BARS, _vendor_bars, keys=_VENDOR_BAR_KEYS
+    ),
+    ("crypto", "orderbooks"): TableSpec(
+        "orderbooks", ORDERBOOKS, _orderbooks, keys=("symbol", "ts", "reset")
+    ),
+    ("crypto", "anomalies"): _anomalies(),
+    ("options", "trades"): TableSpec(
+        "trades", OPTION_TRADES, _option_trades, keys=_OPTION_TRADE_KEYS
+    ),
+    ("options", "quotes"): TableSpec("quotes", OPTION_QUOTES, _option_quotes, keys=_QUOTE_KEYS),
+    ("options", "anomalies"): _anomalies(),
     ("news", "articles"): TableSpec(
-        "articles", ARTICLES, _articles, time_column="created_at", sort_by=("created_at", "id")
+        "articles",
+        ARTICLES,
+        _articles,
+        time_column="created_at",
+        sort_by=("created_at", "id"),
+        keys=("id", "updated_at"),
+        watermark_column="updated_at",
     ),
 }
 
@@ -470,7 +523,7 @@ def bars_spec(indicator_columns: Sequence[str]) -> TableSpec:
             ("trend", pa.string()),
         ]
     )
-    return TableSpec("bars", schema, _rows(schema))
+    return TableSpec("bars", schema, _rows(schema), keys=BAR_KEYS)
 
 
 def table_spec(stream: StreamName, table: str, indicator_columns: Sequence[str]) -> TableSpec:

@@ -15,20 +15,24 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ingest.config import StreamName
-    from streams.messages import AnyMessage, Reject
+    from streams.messages import AnyMessage, Encoding, Reject
 
 __all__ = ["Frame", "FrameSink", "Source"]
 
 
 @dataclass(slots=True)
 class Frame:
-    """One received frame of one stream type, decoded."""
+    """One received frame of one stream type, decoded, with the bytes it was decoded from."""
 
     stream: StreamName
     recv_ns: int
     """When the frame was received (UTC nanoseconds)."""
     messages: list[AnyMessage]
     rejects: list[Reject] = field(default_factory=list)
+    raw: bytes = b""
+    """The frame as received: what the journal keeps. Empty when a source has no bytes."""
+    encoding: Encoding = "json"
+    """How `raw` is encoded (the options stream speaks MessagePack)."""
 
 
 FrameSink = Callable[[Frame], Awaitable[None]]

@@ -112,7 +112,7 @@ class ReplaySource:
                                 first_event = first_event if first_event is not None else event_ns
                                 due = wall0 + (event_ns - first_event) / 1e9 / self._speed
                                 await anyio.sleep(max(0.0, due - time.monotonic()))
-                        frame = Frame(stream, recv_ns, decoded.messages, decoded.rejects)
+                        frame = Frame(stream, recv_ns, decoded.messages, decoded.rejects, payload)
                         await sinks[stream](frame)
                         self.frames += 1
                     await anyio.lowlevel.checkpoint()

@@ -121,7 +121,7 @@ class SimSource:
             payload = self._encoder.encode(messages)
             recv_ns = time.time_ns()
             decoded = decoder.decode(payload, recv_ns)
-            await sink(Frame(stream, recv_ns, decoded.messages, decoded.rejects))
+            await sink(Frame(stream, recv_ns, decoded.messages, decoded.rejects, payload))
 
     def frames(self, stream: StreamName) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         """(step, messages) forever: the content, independent of pacing; same seed, same frames."""

@@ -225,7 +225,7 @@ async def _read(
         if messages or decoded.rejects:
             state.data_frames += 1
             deadline = anyio.current_time() + staleness
-            await sink(Frame(stream, recv_ns, messages, decoded.rejects))
+            await sink(Frame(stream, recv_ns, messages, decoded.rejects, raw, plan.encoding))
 
 
 def _handle_control(plan: SessionPlan, messages: list[AnyMessage]) -> list[AnyMessage]:

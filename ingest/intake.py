@@ -1,0 +1,238 @@
+"""One stream's way in: de-duplicate, journal, then deliver to the router.
+
+The source's sink for a stream is `StreamIntake.put`. A frame gets a receive time unique and
+increasing within the stream (its id in the journal), loses the messages the dataset already holds
+(`storage.dedup`), and waits in a bounded list. A flusher task appends everything waiting as one
+batch to the stream's journal segment (in a worker thread, fsynced per `[storage] fsync`) and only
+then delivers those frames to the router: nothing reaches Parquet that is not in the journal, and
+under load one append covers many frames (group commit).
+
+After every seal of one of the stream's tables, the checkpointer works out the oldest frame still
+unsealed anywhere (waiting here, in a symbol queue, in a writer's buffer) and deletes the journal
+segments older than that. A failed append is counted (`storage_errors{table="_journal"}`), logged
+and retried with back-off while the source waits; the segment keeps every batch before it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import msgspec
+import structlog
+
+from ingest.errors import StorageError
+from storage.parquet import SEAL_GRACE_SECONDS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.abc import TaskStatus
+
+    from ingest.config import StorageSettings, StreamName
+    from ingest.metrics import Metrics
+    from storage.dedup import DedupFilter
+    from storage.journal import SegmentWriter
+    from streams.base import Frame, FrameSink
+
+__all__ = ["StreamIntake"]
+
+log = structlog.get_logger("intake")
+
+JOURNAL_TABLE: Final = "_journal"
+RETRY_FIRST_SECONDS: Final = 0.05
+RETRY_MAX_SECONDS: Final = 5.0
+
+
+class StreamIntake:
+    """De-duplicates, journals and delivers one stream's frames; deletes covered segments."""
+
+    def __init__(
+        self,
+        stream: StreamName,
+        deliver: FrameSink,
+        *,
+        journal: SegmentWriter | None,
+        dedup: DedupFilter | None,
+        settings: StorageSettings,
+        metrics: Metrics,
+        unsealed: Callable[[], int | None],
+    ) -> None:
+        """`unsealed()` is the receive time of the oldest frame downstream not yet sealed."""
+        self.stream = stream
+        self._deliver = deliver
+        self._journal = journal
+        self._dedup = dedup
+        self._settings = settings
+        self._metrics = metrics
+        self._unsealed = unsealed
+        self._limit = settings.queue_size
+        self._pending: list[Frame] = []
+        self._current: list[Frame] = []
+        self._delivered = 0
+        self._last_ns = 0
+        self._ready = anyio.Event()
+        self._space = anyio.Event()
+        self._sealed = anyio.Event()
+        self._closing = False
+        self._encoder = msgspec.json.Encoder()
+
+    # --- the source's side ---------------------------------------------------------------------
+
+    async def put(self, frame: Frame) -> None:
+        """Accept one frame; waits while the journal is behind (or drops, per backpressure)."""
+        if frame.recv_ns <= self._last_ns:
+            _restamp(frame, self._last_ns + 1)  # equal or backwards clock: keep ids unique
+        self._last_ns = frame.recv_ns
+        if self._dedup is not None and self._dedup.active(self.stream):
+            before = len(frame.messages)
+            filtered = self._dedup.filter_frame(frame)
+            kept = len(filtered.messages) if filtered is not None else 0
+            if kept < before:
+                self._count_duplicates(before - kept)
+            if filtered is None:
+                return
+            frame = filtered
+        if self._journal is None:
+            await self._deliver(frame)
+            return
+        if not frame.raw:
+            frame.raw, frame.encoding = self._encoder.encode(frame.messages), "json"
+        while len(self._pending) >= self._limit:
+            if self._settings.backpressure == "drop":
+                self._metrics.dropped.inc(self.stream, amount=len(frame.messages))
+                return
+            await self._space.wait()
+        self._pending.append(frame)
+        self._ready.set()
+
+    def close(self) -> None:
+        """No more frames: `run` journals and delivers what waits, then returns."""
+        self._closing = True
+        self._ready.set()
+
+    def notify_sealed(self) -> None:
+        """A writer of this stream sealed rows: journal segments may now be covered."""
+        self._sealed.set()
+
+    def oldest_ns(self) -> int | None:
+        """Receive time of the oldest frame accepted here but not yet delivered."""
+        if self._delivered < len(self._current):
+            return self._current[self._delivered].recv_ns
+        return self._pending[0].recv_ns if self._pending else None
+
+    # --- tasks ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Journal and deliver until closed and drained; delete covered segments meanwhile."""
+        async with anyio.create_task_group() as group:
+            if self._journal is not None:
+                group.start_soon(self._checkpoints)
+            task_status.started()
+            if self._journal is not None:
+                await self._flush()
+            else:
+                while not self._closing:
+                    await self._ready.wait()
+                    self._ready = anyio.Event()
+            group.cancel_scope.cancel()
+
+    async def _flush(self) -> None:
+        journal = self._journal
+        assert journal is not None
+        interval = self._settings.fsync_interval_ms / 1000
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                with anyio.move_on_after(interval if journal.needs_sync else math.inf):
+                    await self._ready.wait()
+                self._ready = anyio.Event()
+                if not self._pending:
+                    if journal.needs_sync:
+                        await self._sync()
+                    continue
+            self._current, self._pending, self._delivered = self._pending, [], 0
+            self._space.set()
+            self._space = anyio.Event()
+            await self._append(self._current)
+            for frame in self._current:
+                await self._deliver(frame)
+                self._delivered += 1
+            self._current, self._delivered = [], 0
+
+    async def _append(self, frames: list[Frame]) -> None:
+        """Append one batch, retrying with back-off; on the way out, give up after the grace."""
+        journal = self._journal
+        assert journal is not None
+        delay, deadline = RETRY_FIRST_SECONDS, math.inf
+        while True:
+            try:
+                await anyio.to_thread.run_sync(journal.append, frames)
+            except StorageError as exc:
+                self._metrics.storage_errors.inc(self.stream, JOURNAL_TABLE)
+                log.error(
+                    "journal_append_failed",
+                    stream=self.stream,
+                    frames=len(frames),
+                    error=str(exc),
+                    retry_in=delay,
+                )
+                if self._closing:
+                    deadline = min(deadline, time.monotonic() + SEAL_GRACE_SECONDS)
+                    if time.monotonic() >= deadline:
+                        log.error("journal_skipped", stream=self.stream, frames=len(frames))
+                        return  # stopping: deliver anyway, Parquet may still take them
+                await anyio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+            else:
+                if delay > RETRY_FIRST_SECONDS:
+                    log.info("journal_append_recovered", stream=self.stream)
+                self._metrics.journal_segments.set(journal.segments, self.stream)
+                return
+
+    async def _sync(self) -> None:
+        assert self._journal is not None
+        try:
+            await anyio.to_thread.run_sync(self._journal.sync)
+        except StorageError as exc:
+            self._metrics.storage_errors.inc(self.stream, JOURNAL_TABLE)
+            log.error("journal_sync_failed", stream=self.stream, error=str(exc))
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await self._sealed.wait()
+            self._sealed = anyio.Event()
+            await self.checkpoint()
+
+    async def checkpoint(self) -> int:
+        """Delete the segments whose frames are all sealed into Parquet; how many went."""
+        if self._journal is None:
+            return 0
+        bounds = [self.oldest_ns(), self._unsealed(), self._last_ns + 1]
+        covered = min(ns for ns in bounds if ns is not None)
+        try:
+            deleted = await anyio.to_thread.run_sync(self._journal.release, covered)
+        except OSError as exc:
+            self._metrics.storage_errors.inc(self.stream, JOURNAL_TABLE)
+            log.error("journal_release_failed", stream=self.stream, error=str(exc))
+            return 0
+        self._metrics.journal_segments.set(self._journal.segments, self.stream)
+        if deleted:
+            log.debug("journal_segments_deleted", stream=self.stream, segments=deleted)
+        return deleted
+
+    def _count_duplicates(self, count: int) -> None:
+        assert self._dedup is not None
+        for (stream, table), total in self._dedup.dropped.items():
+            if stream == self.stream:
+                self._metrics.deduplicated.values[(stream, table)] = float(total)
+        log.debug("duplicates_dropped", stream=self.stream, messages=count)
+
+
+def _restamp(frame: Frame, recv_ns: int) -> None:
+    frame.recv_ns = recv_ns
+    for message in frame.messages:
+        message.recv_ns = recv_ns
