@@ -52,13 +52,15 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ingest.config import Settings, StreamName
-    from streams.base import FrameSink, Source
+    from streams.base import Frame, FrameSink, Source
 
 __all__ = ["RunResult", "run_daemon"]
 
 log = structlog.get_logger("app")
 
 PROGRESS_SECONDS: Final = 30.0
+SAMPLE_SECONDS: Final = 1.0
+"""How often the queue-depth gauges are refreshed."""
 
 
 @dataclass(slots=True)
@@ -92,6 +94,7 @@ async def run_daemon(
     notifier: Notifier | None = None,
     handle_signals: bool = False,
     progress_seconds: float = PROGRESS_SECONDS,
+    sample_seconds: float = SAMPLE_SECONDS,
 ) -> RunResult:
     """Run until `stop` is set, `duration` elapses, a signal arrives, or the source ends.
 
@@ -201,7 +204,9 @@ async def run_daemon(
             async with anyio.create_task_group() as stream_groups:
                 for router in routers.values():
                     await stream_groups.start(router.run)
-                stream_groups.start_soon(_sample_queues, routers, metrics, stop)
+                stream_groups.start_soon(
+                    _sample_queues, routers, intakes, dataset, metrics, stop, sample_seconds
+                )
                 stream_groups.start_soon(
                     _report_progress,
                     routers,
@@ -214,7 +219,9 @@ async def run_daemon(
                 async with anyio.create_task_group() as intake_group:
                     for intake in intakes.values():
                         await intake_group.start(intake.run)
-                    sinks: Mapping[StreamName, FrameSink] = {s: i.put for s, i in intakes.items()}
+                    sinks: Mapping[StreamName, FrameSink] = {
+                        s: _timed(i.put, metrics, s) for s, i in intakes.items()
+                    }
                     await _run_source(source, sinks, stop, ready)
                     state.stopping = True
                     notifier.stopping()
@@ -320,14 +327,39 @@ async def _stop_on_signals(stop: anyio.Event, root: anyio.CancelScope) -> None:
 
 
 async def _sample_queues(
-    routers: Mapping[StreamName, StreamRouter], metrics: Metrics, stop: anyio.Event
+    routers: Mapping[StreamName, StreamRouter],
+    intakes: Mapping[StreamName, StreamIntake],
+    dataset: Dataset,
+    metrics: Metrics,
+    stop: anyio.Event,
+    every: float,
 ) -> None:
-    """Keep the queue-depth gauges a second fresh without touching the hot path."""
+    """Keep the queue-depth gauges `every` seconds fresh without touching the hot path."""
     while not stop.is_set():
         for stream, router in routers.items():
             metrics.queue_depth.set(router.queue_depth(), stream)
-        with anyio.move_on_after(1.0):
+            metrics.intake_depth.set(intakes[stream].depth, stream)
+        for (stream, table), writer in list(dataset.writers.items()):
+            metrics.writer_buffered.set(writer.buffered_rows, stream, table)
+        with anyio.move_on_after(every):
             await stop.wait()
+
+
+def _timed(sink: FrameSink, metrics: Metrics, stream: StreamName) -> FrameSink:
+    """`sink`, counting how long each hand-over waits: backpressure felt by the source."""
+
+    async def put(frame: Frame) -> None:
+        started = time.perf_counter()
+        await sink(frame)
+        waited = time.perf_counter() - started
+        if waited > _BLOCKED_NOTICE:
+            metrics.source_blocked.inc(stream, amount=waited)
+
+    return put
+
+
+_BLOCKED_NOTICE: Final = 0.001
+"""Hand-overs faster than this are not waits, just work (not counted as blocked)."""
 
 
 async def _report_progress(

@@ -117,6 +117,11 @@ class StreamIntake:
         """A writer of this stream sealed rows: journal segments may now be covered."""
         self._sealed.set()
 
+    @property
+    def depth(self) -> int:
+        """Frames accepted and waiting for the journal (bounded by `queue_size`)."""
+        return len(self._pending)
+
     def oldest_ns(self) -> int | None:
         """Receive time of the oldest frame accepted here but not yet delivered."""
         if self._delivered < len(self._current):

@@ -180,7 +180,7 @@ class Metrics:
     )
     dropped: Counter = field(
         default_factory=lambda: Counter(
-            "ingest_dropped_total", "Batches dropped by the drop backpressure policy.", ("stream",)
+            "ingest_dropped_total", "Messages dropped by the drop backpressure policy.", ("stream",)
         )
     )
     corrections: Counter = field(
@@ -233,6 +233,27 @@ class Metrics:
     queue_depth: Gauge = field(
         default_factory=lambda: Gauge(
             "ingest_queue_depth", "Batches waiting in a stream's symbol queues.", ("stream",)
+        )
+    )
+    intake_depth: Gauge = field(
+        default_factory=lambda: Gauge(
+            "ingest_intake_depth",
+            "Frames waiting in a stream's intake for the journal (bound: storage.queue_size).",
+            ("stream",),
+        )
+    )
+    writer_buffered: Gauge = field(
+        default_factory=lambda: Gauge(
+            "ingest_writer_buffered_rows",
+            "Rows buffered in a table writer, not yet sealed (bound: 4 x storage.roll_rows).",
+            ("stream", "table"),
+        )
+    )
+    source_blocked: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_source_blocked_seconds_total",
+            "Seconds a source (the socket reader) waited to hand a frame on: backpressure.",
+            ("stream",),
         )
     )
     connected: Gauge = field(
@@ -293,6 +314,9 @@ class Metrics:
             self.recovered,
             self.torn_tails,
             self.queue_depth,
+            self.intake_depth,
+            self.writer_buffered,
+            self.source_blocked,
             self.connected,
             self.latency,
             self.seal_latency,

@@ -210,6 +210,11 @@ class TableWriter:
         self._high_water = max(4 * settings.roll_rows, 10_000)
 
     @property
+    def buffered_rows(self) -> int:
+        """Rows put but not yet handed to a seal (bounded by the high-water mark)."""
+        return len(self._buffer)
+
+    @property
     def oldest_unsealed_ns(self) -> int | None:
         """Receive time of the oldest row put but not yet durably sealed; `None` if none."""
         return min((ns for ns in self._oldest.values() if ns is not None), default=None)

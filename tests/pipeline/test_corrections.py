@@ -197,3 +197,24 @@ class TestPolicy:
             closed,
             bars_of(fixed(Trades(REAL.ts[:10], REAL.price[:10], REAL.size[:10]), 4, 5529.0, 2.0)),
         )
+
+
+class TestMemory:
+    def test_keeps_the_last_window_of_trades(self) -> None:
+        """After many batches the memory holds the last `window` trades, numbered by arrival."""
+        pipeline, memory = SymbolPipeline("ES", SETTINGS), TradeMemory(30)
+        for lo in range(0, 120, 7):
+            feed(pipeline, memory, REAL, lo, min(lo + 7, 120))
+        recent = memory.recent()
+        assert recent.seq.tolist() == list(range(90, 120))
+        assert recent.oldest == 90
+        assert recent.price.tolist() == REAL.price[90:].tolist()
+        assert memory.find(90, EXCHANGE) is None  # id 90 is trade 89: forgotten
+        assert memory.find(91, EXCHANGE) is not None
+
+    def test_a_batch_larger_than_the_window_keeps_its_last_trades(self) -> None:
+        """Of one batch bigger than the window, its last `window` trades are remembered."""
+        pipeline, memory = SymbolPipeline("ES", SETTINGS), TradeMemory(10)
+        feed(pipeline, memory, REAL, 0, 100)
+        assert len(memory.recent().seq) == 10
+        assert memory.recent().oldest == 90
