@@ -25,6 +25,7 @@ import structlog
 
 from ingest import __version__
 from ingest.intake import StreamIntake
+from ingest.ledger import DaemonLedger
 from ingest.live import LiveHub
 from ingest.metrics import Metrics
 from ingest.pipeline import SymbolPipeline, indicator_columns
@@ -45,6 +46,7 @@ from storage.parquet import (
 )
 from storage.quarantine import Quarantine
 from storage.recovery import recover_journal
+from streams.base import SupportsLedger
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -201,6 +203,12 @@ async def run_daemon(
             }
             dataset.on_sealed = lambda stream: intakes[stream].notify_sealed()
             state.attach(routers)
+            if isinstance(source, SupportsLedger):
+                ledger = DaemonLedger(settings, routers, intakes, dataset, indicators)
+                await anyio.to_thread.run_sync(
+                    ledger.seed, root, streams, settings.alpaca.backfill_max_gap
+                )
+                source.ledger = ledger
             async with anyio.create_task_group() as stream_groups:
                 for router in routers.values():
                     await stream_groups.start(router.run)

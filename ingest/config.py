@@ -144,6 +144,10 @@ class AlpacaSettings:
     backoff_max_seconds: float = 60.0
     connection_limit_backoff_seconds: float = 120.0
     rest_requests_per_minute: int = 200
+    backfill: bool = True
+    """After every (re)connect, fill the gap from REST history (`streams.alpaca.backfill`)."""
+    backfill_max_gap: float = 3600.0
+    """The longest gap filled, in seconds; an older start is moved up (and logged)."""
     max_frame_bytes: int = 4 * 1024 * 1024
     """Longer frames are quarantined whole (`oversized_frame`); 4x this closes the socket."""
 
@@ -428,6 +432,8 @@ def _alpaca(raw: _Section) -> AlpacaSettings:
         rest_requests_per_minute=raw.take(
             "rest_requests_per_minute", lambda k, v: _int(k, v, 1), d.rest_requests_per_minute
         ),
+        backfill=raw.take("backfill", _bool, d.backfill),
+        backfill_max_gap=raw.take("backfill_max_gap", parse_duration, d.backfill_max_gap),
         max_frame_bytes=raw.take(
             "max_frame_bytes", lambda k, v: _int(k, v, 1024), d.max_frame_bytes
         ),

@@ -86,7 +86,7 @@ class StreamIntake:
         if frame.recv_ns <= self._last_ns:
             _restamp(frame, self._last_ns + 1)  # equal or backwards clock: keep ids unique
         self._last_ns = frame.recv_ns
-        if self._dedup is not None and self._dedup.active(self.stream):
+        if self._dedup is not None and not frame.backfilled and self._dedup.active(self.stream):
             before = len(frame.messages)
             filtered = self._dedup.filter_frame(frame)
             kept = len(filtered.messages) if filtered is not None else 0

@@ -282,6 +282,13 @@ class Metrics:
             ("stream", "table"),
         )
     )
+    backfill_failures: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_backfill_failures_total",
+            "Gaps whose REST back-fill gave up (requests kept failing); see the logs.",
+            ("stream",),
+        )
+    )
     live_clients: Gauge = field(
         default_factory=lambda: Gauge("ingest_live_clients", "Connected /live WebSocket clients.")
     )
@@ -321,6 +328,7 @@ class Metrics:
             self.latency,
             self.seal_latency,
             self.backfilled,
+            self.backfill_failures,
             self.live_clients,
             self.live_dropped,
             self.live_bars,

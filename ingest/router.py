@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
@@ -48,6 +49,8 @@ __all__ = ["BarListener", "PipelineFactory", "StreamRouter", "SymbolState"]
 log = structlog.get_logger("router")
 
 Batch = list[AnyMessage]
+_T = attrgetter("t")
+_STAMP = {"articles": attrgetter("created_at")}
 Trade = StockTrade | CryptoTrade | OptionTrade
 PipelineFactory = Callable[[str, PipelineSettings], SymbolPipeline]
 WILDCARD = "*"
@@ -68,6 +71,8 @@ class SymbolState:
     last_event_ns: int = 0
     last_recv_ns: int = 0
     failures: int = 0
+    seen: dict[str, str] = field(default_factory=dict)
+    """Per table, the newest event time (RFC 3339 text) taken: where a back-fill starts."""
 
 
 class StreamRouter:
@@ -237,10 +242,15 @@ class StreamRouter:
         if in_order:
             assert memory is not None
             await self._correct_in_order(symbol, pipeline, memory, batch)
+        state = self.symbols[symbol]
+        seen = state.seen
         for table, records in by_table.items():
             await self._dataset.writer(self.stream, table).put(records)
             self._metrics.messages.inc(self.stream, table, amount=len(records))
-        state = self.symbols[symbol]
+            # Canonical RFC 3339 UTC text sorts like time: the newest stamp, without parsing.
+            newest = max(map(_STAMP.get(table, _T), records))
+            if newest > seen.get(table, ""):
+                seen[table] = newest
         state.messages += len(batch)
         state.last_recv_ns = batch[-1].recv_ns
         trades = cast("list[Trade]", by_table.get("trades"))

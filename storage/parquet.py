@@ -209,6 +209,10 @@ class TableWriter:
         self._closing = False
         self._high_water = max(4 * settings.roll_rows, 10_000)
 
+    def buffered_records(self) -> list[Any]:
+        """A copy of the records put but not yet handed to a seal (a back-fill's overlap check)."""
+        return list(self._buffer)
+
     @property
     def buffered_rows(self) -> int:
         """Rows put but not yet handed to a seal (bounded by the high-water mark)."""

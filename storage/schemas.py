@@ -91,6 +91,7 @@ TRADES: Final = _schema(
         ("conditions", STRINGS),
         ("tape", pa.string()),
         ("taker_side", pa.string()),
+        ("backfilled", pa.bool_()),
     ]
 )
 QUOTES: Final = _schema(
@@ -103,6 +104,7 @@ QUOTES: Final = _schema(
         ("ask_exchange", pa.string()),
         ("conditions", STRINGS),
         ("tape", pa.string()),
+        ("backfilled", pa.bool_()),
     ]
 )
 OPTION_TRADES: Final = pa.schema(
@@ -121,6 +123,7 @@ VENDOR_BARS: Final = _schema(
         ("volume", pa.float64()),
         ("trade_count", pa.int64()),
         ("vwap", pa.float64()),
+        ("backfilled", pa.bool_()),
     ]
 )
 STATUSES: Final = _schema(
@@ -190,6 +193,7 @@ _ARTICLE_FIELDS: Final[
     ("created_at", TIMESTAMP),
     ("updated_at", TIMESTAMP),
     ("content", pa.string()),
+    ("backfilled", pa.bool_()),
     ("recv_ts", TIMESTAMP),
 ]
 ARTICLES: Final = pa.schema(_ARTICLE_FIELDS)
@@ -202,7 +206,12 @@ Column = str | Callable[[Sequence[Any]], Any] | None
 
 
 def _market(schema: pa.Schema, columns: dict[str, Column]) -> Converter:
-    """A converter for records with `S` and `t`: symbol, ts and recv_ts plus `columns`."""
+    """A converter for records with `S` and `t`: symbol, ts and recv_ts plus `columns`.
+
+    A schema with a `backfilled` column takes it from the records' `backfilled` flag.
+    """
+    if "backfilled" in schema.names:
+        columns = {**columns, "backfilled": "backfilled"}
     attributes = {
         name: attrgetter(source) for name, source in columns.items() if isinstance(source, str)
     }
@@ -391,6 +400,7 @@ def _articles(rs: Sequence[m.NewsArticle]) -> pa.Table:
             "created_at": parse_timestamps([r.created_at for r in rs]),
             "updated_at": parse_timestamps([r.updated_at for r in rs]),
             "content": [r.content for r in rs],
+            "backfilled": [r.backfilled for r in rs],
             "recv_ts": pa.array([r.recv_ns for r in rs], TIMESTAMP),
         },
     )

@@ -69,6 +69,9 @@ class _Message(msgspec.Struct, tag_field="T", kw_only=True):
 
     recv_ns: int = 0
     """Set by the receiving source, never read from the wire."""
+    backfilled: bool = False
+    """Recovered from REST history after a gap rather than received live (set by the back-fill,
+    kept through the journal)."""
 
 
 class _Market(_Message, kw_only=True):

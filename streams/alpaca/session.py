@@ -64,6 +64,8 @@ class SessionPlan:
     """The `subscribe` action."""
     staleness_seconds: float
     feed: str
+    symbols: tuple[str, ...] = ()
+    """What was subscribed (for the gap back-fill)."""
     max_frame_bytes: int = 4 * 1024 * 1024
     """Larger frames are quarantined; beyond `HARD_LIMIT_FACTOR` times this the socket closes."""
 
