@@ -125,14 +125,14 @@ class Backfiller:
     ) -> None:
         """Fill the gap a session opened when it subscribed at `subscribed_ns`; release `gate`."""
         try:
-            if not self._starts(stream, symbols, channels, subscribed_ns, quiet=True):
-                return  # nothing held yet (a first start): there is no gap to speak of
-            await anyio.sleep(self._margin)  # live frames stamped before `end` arrive meanwhile
-            end_ns = subscribed_ns + self._margin_ns
+            # Where each gap starts is fixed now, before any frame of this session is let
+            # through: frames received before the reconnect first reach the router.
             await self._ledger.settle(stream, subscribed_ns)
+            end_ns = subscribed_ns + self._margin_ns
             starts = self._starts(stream, symbols, channels, end_ns)
             if not starts:
-                return
+                return  # nothing held yet (a first start): there is no gap to speak of
+            await anyio.sleep(self._margin)  # live frames stamped before `end` arrive meanwhile
             check = await self._ledger.overlap_check(stream, starts, end_ns)
             started = time.monotonic()
             news = tuple(s for s in symbols if s != "*") if stream == "news" else ()
@@ -160,8 +160,6 @@ class Backfiller:
         symbols: Sequence[str],
         channels: Sequence[str],
         end_ns: int,
-        *,
-        quiet: bool = False,
     ) -> dict[tuple[str, str], int]:
         """(table, symbol) -> where its gap starts, for every channel Alpaca has history of."""
         floor = end_ns - int(self._settings.backfill_max_gap * 1e9)
@@ -184,7 +182,7 @@ class Backfiller:
                 if last < floor:
                     truncated.append(f"{table}:{symbol or '*'}")
                 starts[(table, symbol or "*")] = max(last, floor)
-        if truncated and not quiet:
+        if truncated:
             _log.warning("backfill_gap_truncated", stream=stream, starts=truncated[:20])
         return starts
 

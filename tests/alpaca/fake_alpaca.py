@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import socket
 import time
 import uuid
 from collections import defaultdict
@@ -204,7 +205,7 @@ class FakeAlpaca:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen on 127.0.0.1 on a random port."""
+        """Listen on 127.0.0.1 on a random port (or the port it had, after a restart)."""
         app = web.Application()
         app.router.add_get("/v2/options/contracts", self._contracts)
         app.router.add_get("/v2/stocks/trades/latest", self._latest_trades)
@@ -212,11 +213,21 @@ class FakeAlpaca:
         app.router.add_get("/{path:.*}", self._websocket)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
         server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def restart(
+        self, down_seconds: float, published: dict[str, list[Message]] | None = None
+    ) -> None:
+        """Go away (every connection closed, nothing listening), publish meanwhile, come back."""
+        await self.stop()
+        for stream, messages in (published or {}).items():
+            self.history.publish(stream, messages)
+        await anyio.sleep(down_seconds)
+        await self.start()
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
@@ -250,6 +261,10 @@ class FakeAlpaca:
             ws=ws,
             request=request,
         )
+        if self.slow_client_seconds is not None and request.transport is not None:
+            sock = request.transport.get_extra_info("socket")
+            if sock is not None:  # a small send buffer, so a stalled client is felt at once
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
         self.active[path] += 1
         self.max_active[path] = max(self.max_active[path], self.active[path])
         self.connections[path] += 1
@@ -330,10 +345,13 @@ class FakeAlpaca:
     async def _play(self, conn: _Connection, steps: list[Step]) -> Step:
         for step in steps:
             if isinstance(step, Send):
-                for frame in step.frames:
+                for index, frame in enumerate(step.frames):
                     self.sent[conn.path].extend(frame)
                     self.history.publish(conn.stream, frame)
                     if not await self._send_data(conn, frame):
+                        # The market goes on without the dropped client: only REST has the rest.
+                        for later in step.frames[index + 1 :]:
+                            self.history.publish(conn.stream, later)
                         return Drop()
             elif isinstance(step, Publish):
                 self.history.publish(conn.stream, step.messages)
