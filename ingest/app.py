@@ -24,7 +24,8 @@ import anyio
 import structlog
 
 from ingest import __version__
-from ingest.intake import StreamIntake
+from ingest.config import STREAMS
+from ingest.intake import StreamIntake, close_journals, create_segment_writer
 from ingest.ledger import DaemonLedger
 from ingest.live import LiveHub
 from ingest.metrics import Metrics
@@ -35,8 +36,8 @@ from ingest.sdnotify import Notifier, run_watchdog
 from ingest.server import serve
 from ingest.state import DaemonState
 from storage.compact import repair_compactions
-from storage.dedup import DedupFilter
-from storage.journal import SegmentWriter, probe_journal
+from storage.dedup import DERIVED_TABLES, DedupFilter
+from storage.journal import probe_journal
 from storage.parquet import (
     SEAL_GRACE_SECONDS,
     Dataset,
@@ -147,7 +148,13 @@ async def run_daemon(
         )
 
     recovered = 0
-    dedup = DedupFilter(settings.storage.dedup_horizon, indicators)
+    longest_bar = max((b.size for b in settings.pipeline.bars if b.kind == "time"), default=0.0)
+    dedup = DedupFilter(
+        settings.storage.dedup_horizon,
+        indicators,
+        derived_window_seconds=longest_bar,
+        metrics=metrics,
+    )
     async with anyio.create_task_group() as root_group:
         await root_group.start(run_watchdog, notifier, state.alive)
         state.port = await root_group.start(serve, settings.server, state, metrics, hub)
@@ -157,6 +164,13 @@ async def run_daemon(
             root_group.start_soon(_stop_after, stop, duration)
         await anyio.to_thread.run_sync(_prepare_storage, settings)
         if settings.storage.journal:
+            derived = DedupFilter(
+                settings.storage.dedup_horizon,
+                indicators,
+                derived_window_seconds=longest_bar,
+                metrics=metrics,
+            )
+            await anyio.to_thread.run_sync(derived.seed, root, STREAMS, DERIVED_TABLES)
             recovered = await recover_journal(
                 settings,
                 writer_id=writer_id,
@@ -172,82 +186,84 @@ async def run_daemon(
                     metrics,
                     pipeline_factory=pipeline_factory,
                 ),
+                admission=derived.admission,
             )
         await anyio.to_thread.run_sync(dedup.seed, root, streams)
         journals = {
-            stream: _segment_writer(settings, writer_id, stream)
+            stream: create_segment_writer(settings, writer_id, stream)
             for stream in streams
             if settings.storage.journal
         }
-        async with open_dataset(
-            root,
-            settings.storage,
-            writer_id=writer_id,
-            metadata=metadata,
-            indicator_columns=indicators,
-            metrics=metrics,
-            on_refused=quarantine_refused(quarantine, metrics),
-        ) as dataset:
-            routers = {stream: make_router(stream, dataset) for stream in streams}
-            intakes = {
-                stream: StreamIntake(
-                    stream,
-                    router.deliver,
-                    journal=journals.get(stream),
-                    dedup=dedup,
-                    settings=settings.storage,
-                    metrics=metrics,
-                    unsealed=functools.partial(_unsealed, router, dataset, stream),
-                )
-                for stream, router in routers.items()
-            }
-            dataset.on_sealed = lambda stream: intakes[stream].notify_sealed()
-            state.attach(routers)
-            if isinstance(source, SupportsLedger):
-                ledger = DaemonLedger(settings, routers, intakes, dataset, indicators)
-                await anyio.to_thread.run_sync(
-                    ledger.seed, root, streams, settings.alpaca.backfill_max_gap
-                )
-                source.ledger = ledger
-            async with anyio.create_task_group() as stream_groups:
-                for router in routers.values():
-                    await stream_groups.start(router.run)
-                stream_groups.start_soon(
-                    _sample_queues, routers, intakes, dataset, metrics, stop, sample_seconds
-                )
-                stream_groups.start_soon(
-                    _report_progress,
-                    routers,
-                    metrics,
-                    state,
-                    notifier,
-                    stop,
-                    progress_seconds,
-                )
-                async with anyio.create_task_group() as intake_group:
-                    for intake in intakes.values():
-                        await intake_group.start(intake.run)
-                    sinks: Mapping[StreamName, FrameSink] = {
-                        s: _timed(i.put, metrics, s) for s, i in intakes.items()
-                    }
-                    await _run_source(source, sinks, stop, ready)
-                    state.stopping = True
-                    notifier.stopping()
-                    log.info("source_stopped", source=source.name)
-                    for intake in intakes.values():
-                        intake.close()
-                for router in routers.values():
-                    router.close()
-                stop.set()
-        with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
-            for intake in intakes.values():
-                await intake.checkpoint()
-            for journal in journals.values():
-                await anyio.to_thread.run_sync(journal.close)
+        intakes: dict[StreamName, StreamIntake] = {}
+        try:
+            async with open_dataset(
+                root,
+                settings.storage,
+                writer_id=writer_id,
+                metadata=metadata,
+                indicator_columns=indicators,
+                metrics=metrics,
+                admission=dedup.admission,
+                on_refused=quarantine_refused(quarantine, metrics),
+            ) as dataset:
+                routers = {stream: make_router(stream, dataset) for stream in streams}
+                intakes = {
+                    stream: StreamIntake(
+                        stream,
+                        router.deliver,
+                        journal=journals.get(stream),
+                        dedup=dedup,
+                        settings=settings.storage,
+                        metrics=metrics,
+                        unsealed=functools.partial(_unsealed, router, dataset, stream),
+                    )
+                    for stream, router in routers.items()
+                }
+                dataset.on_sealed = lambda stream: intakes[stream].notify_sealed()
+                state.attach(routers)
+                if isinstance(source, SupportsLedger):
+                    ledger = DaemonLedger(settings, routers, intakes, dataset, indicators)
+                    await anyio.to_thread.run_sync(
+                        ledger.seed, root, streams, settings.alpaca.backfill_max_gap
+                    )
+                    source.ledger = ledger
+                async with anyio.create_task_group() as stream_groups:
+                    for router in routers.values():
+                        await stream_groups.start(router.run)
+                    stream_groups.start_soon(
+                        _sample_queues, routers, intakes, dataset, metrics, stop, sample_seconds
+                    )
+                    stream_groups.start_soon(
+                        _report_progress,
+                        routers,
+                        metrics,
+                        state,
+                        notifier,
+                        stop,
+                        progress_seconds,
+                    )
+                    async with anyio.create_task_group() as intake_group:
+                        for intake in intakes.values():
+                            await intake_group.start(intake.run)
+                        sinks: Mapping[StreamName, FrameSink] = {
+                            s: _timed(i.put, metrics, s) for s, i in intakes.items()
+                        }
+                        await _run_source(source, sinks, stop, ready)
+                        state.stopping = True
+                        notifier.stopping()
+                        log.info("source_stopped", source=source.name)
+                        for intake in intakes.values():
+                            intake.close()
+                    for router in routers.values():
+                        router.close()
+                    stop.set()
+        finally:
+            with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
+                await close_journals(intakes, journals)
         root_group.cancel_scope.cancel()  # the timers and signal watcher have nothing left to do
     result = _result(settings, writer_id, dataset, metrics, quarantine, time.monotonic() - started)
     result.recovered_frames = recovered
-    result.duplicates = sum(dedup.dropped.values())
+    result.duplicates = int(sum(metrics.deduplicated.values.values()))
     log.info(
         "daemon_stopped",
         seconds=round(result.seconds, 1),
@@ -267,18 +283,6 @@ def _prepare_storage(settings: Settings) -> None:
     if settings.storage.journal:
         probe_journal(root)
     repair_compactions(root)
-
-
-def _segment_writer(settings: Settings, writer_id: str, stream: StreamName) -> SegmentWriter:
-    storage = settings.storage
-    return SegmentWriter(
-        settings.ingest.data_dir / "_journal" / stream,
-        writer_id,
-        fsync=storage.fsync,
-        fsync_interval_ms=storage.fsync_interval_ms,
-        segment_bytes=storage.journal_segment_mb << 20,
-        max_age_seconds=storage.roll_seconds,
-    )
 
 
 def _unsealed(router: StreamRouter, dataset: Dataset, stream: StreamName) -> int | None:

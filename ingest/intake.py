@@ -24,24 +24,26 @@ import msgspec
 import structlog
 
 from ingest.errors import StorageError
+from storage.journal import JOURNAL_DIR, SegmentWriter
 from storage.parquet import SEAL_GRACE_SECONDS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from anyio.abc import TaskStatus
 
-    from ingest.config import StorageSettings, StreamName
+    from ingest.config import Settings, StorageSettings, StreamName
     from ingest.metrics import Metrics
     from storage.dedup import DedupFilter
-    from storage.journal import SegmentWriter
     from streams.base import Frame, FrameSink
 
-__all__ = ["StreamIntake"]
+__all__ = ["StreamIntake", "close_journals", "create_segment_writer"]
 
 log = structlog.get_logger("intake")
 
 JOURNAL_TABLE: Final = "_journal"
+PENDING_BYTES: Final = 8 << 20
+"""Frames waiting for the journal are bounded by bytes too (and by `queue_size` in number)."""
 RETRY_FIRST_SECONDS: Final = 0.05
 RETRY_MAX_SECONDS: Final = 5.0
 
@@ -70,6 +72,7 @@ class StreamIntake:
         self._unsealed = unsealed
         self._limit = settings.queue_size
         self._pending: list[Frame] = []
+        self._pending_bytes = 0
         self._current: list[Frame] = []
         self._delivered = 0
         self._last_ns = 0
@@ -87,11 +90,7 @@ class StreamIntake:
             _restamp(frame, self._last_ns + 1)  # equal or backwards clock: keep ids unique
         self._last_ns = frame.recv_ns
         if self._dedup is not None and not frame.backfilled and self._dedup.active(self.stream):
-            before = len(frame.messages)
-            filtered = self._dedup.filter_frame(frame)
-            kept = len(filtered.messages) if filtered is not None else 0
-            if kept < before:
-                self._count_duplicates(before - kept)
+            filtered = self._dedup.filter_frame(frame)  # counts what it drops
             if filtered is None:
                 return
             frame = filtered
@@ -100,13 +99,16 @@ class StreamIntake:
             return
         if not frame.raw:
             frame.raw, frame.encoding = self._encoder.encode(frame.messages), "json"
-        while len(self._pending) >= self._limit:
-            if self._settings.backpressure == "drop":
-                self._metrics.dropped.inc(self.stream, amount=len(frame.messages))
-                return
-            await self._space.wait()
-        self._pending.append(frame)
-        self._ready.set()
+        # A received frame is taken in whole even when the source is being cancelled.
+        with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
+            while len(self._pending) >= self._limit or self._pending_bytes >= PENDING_BYTES:
+                if self._settings.backpressure == "drop":
+                    self._metrics.dropped.inc(self.stream, amount=len(frame.messages))
+                    return
+                await self._space.wait()
+            self._pending.append(frame)
+            self._pending_bytes += len(frame.raw)
+            self._ready.set()
 
     def close(self) -> None:
         """No more frames: `run` journals and delivers what waits, then returns."""
@@ -160,6 +162,7 @@ class StreamIntake:
                         await self._sync()
                     continue
             self._current, self._pending, self._delivered = self._pending, [], 0
+            self._pending_bytes = 0
             self._space.set()
             self._space = anyio.Event()
             await self._append(self._current)
@@ -229,12 +232,28 @@ class StreamIntake:
             log.debug("journal_segments_deleted", stream=self.stream, segments=deleted)
         return deleted
 
-    def _count_duplicates(self, count: int) -> None:
-        assert self._dedup is not None
-        for (stream, table), total in self._dedup.dropped.items():
-            if stream == self.stream:
-                self._metrics.deduplicated.values[(stream, table)] = float(total)
-        log.debug("duplicates_dropped", stream=self.stream, messages=count)
+
+def create_segment_writer(settings: Settings, writer_id: str, stream: StreamName) -> SegmentWriter:
+    """The journal of one stream of this process, as `[storage]` configures it."""
+    storage = settings.storage
+    return SegmentWriter(
+        settings.ingest.data_dir / JOURNAL_DIR / stream,
+        writer_id,
+        fsync=storage.fsync,
+        fsync_interval_ms=storage.fsync_interval_ms,
+        segment_bytes=storage.journal_segment_mb << 20,
+        max_age_seconds=storage.roll_seconds,
+    )
+
+
+async def close_journals(
+    intakes: Mapping[StreamName, StreamIntake], journals: Mapping[StreamName, SegmentWriter]
+) -> None:
+    """Delete the segments Parquet now covers; keep (and unlock) the rest for the next start."""
+    for intake in intakes.values():
+        await intake.checkpoint()
+    for journal in journals.values():
+        await anyio.to_thread.run_sync(journal.close)
 
 
 def _restamp(frame: Frame, recv_ns: int) -> None:

@@ -205,7 +205,7 @@ class Metrics:
     deduplicated: Counter = field(
         default_factory=lambda: Counter(
             "ingest_deduplicated_total",
-            "Messages dropped because the dataset already held their keys.",
+            "Messages and pipeline rows dropped because the dataset already held their keys.",
             ("stream", "table"),
         )
     )

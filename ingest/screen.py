@@ -1,10 +1,11 @@
 """The timestamp screen: a frame's timestamps are range-checked before anything relies on them.
 
 The decoder keeps timestamps as RFC 3339 strings (the columnar stages parse them in bulk). A stamp
-from before 1990 or more than a day after the frame was received is absurd: it would open a bar
-decades away or a date partition nobody queries. Canonical RFC 3339 UTC strings sort like the
-times they name, so the common case costs a `min` and a `max` over the frame's strings -- an
-Arrow parse per frame would cost ~12 µs of fixed overhead, more than a small frame's decode.
+from before 1990 or more than a day after the frame was received (or now, for a recovered frame)
+is absurd: it would open a bar decades away or a date partition nobody queries. Canonical RFC 3339
+UTC strings sort like the times they name, so the common case costs a `min` and a `max` over the
+frame's strings -- an Arrow parse per frame would cost ~12 µs of fixed overhead, more than a small
+frame's decode.
 
 Only a frame that fails that comparison is parsed here, stamp by stamp, to tell `bad_timestamp`
 (unparseable) from `absurd_timestamp`; the offending messages move to the frame's rejects, where
@@ -86,9 +87,11 @@ def screen_frame(frame: Frame) -> Frame:
         per_message = 1
     except AttributeError:
         stamps, per_message = _stamps_of(messages)
-    if EARLIEST <= min(stamps) and max(stamps) <= _latest(frame.recv_ns):
+    # The later of receive time and now: a recovered or replayed frame keeps its receive time.
+    received = max(frame.recv_ns, time.time_ns())
+    if EARLIEST <= min(stamps) and max(stamps) <= _latest(received):
         return frame
-    bad = _bad_messages(stamps, per_message, frame.recv_ns + MAX_AHEAD_NS)
+    bad = _bad_messages(stamps, per_message, received + MAX_AHEAD_NS)
     if not bad:
         return frame  # in range after all (an offset such as +05:00 compares differently)
     kept: list[AnyMessage] = []

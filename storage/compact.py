@@ -102,7 +102,11 @@ def content_checksum(table: pa.Table) -> str:
         kind = column.type
         if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_temporal(kind):
             digest.update(np.asarray(column.is_null()).tobytes())
-            values = column.cast(pa.int64()) if pa.types.is_temporal(kind) else column
+            values = column
+            if pa.types.is_date32(kind):
+                values = column.cast(pa.int32())
+            elif pa.types.is_temporal(kind):
+                values = column.cast(pa.int64())
             filled = values.fill_null(pa.scalar(0, values.type))
             digest.update(np.ascontiguousarray(filled.to_numpy()).tobytes())
         else:
@@ -167,7 +171,14 @@ def _compact_partition(
     if spec is None or len(inputs) < 2:
         return None
     pieces = [pq.read_table(path) for path in inputs]
-    merged = pa.concat_tables(pieces, promote_options="default")
+    try:
+        merged = pa.concat_tables(pieces, promote_options="default")
+    except pa.ArrowException as exc:
+        msg = (
+            f"cannot compact {str(partition)!r}: its files' schemas differ by more than added "
+            f"columns ({exc}); see docs/schema.md"
+        )
+        raise StorageError(msg) from exc
     before = content_checksum(merged)
     metadata = dict(pieces[0].schema.metadata or {})
     metadata[b"ingest.compacted_from"] = str(len(inputs)).encode()

@@ -11,9 +11,18 @@ dedup_horizon` before it. An incoming row is then
 - newer than `W`: new, admitted without looking at its keys;
 - within the horizon (`W - horizon < t <= W`): admitted only if its keys are not stored yet (and
   remembered, so a second copy is dropped too);
-- older than the horizon: taken as stored, dropped.
+- older than the horizon: taken as stored, dropped. Not so for the pipeline's own tables (bars,
+  anomalies): a daily bar is stamped with its day's start, far behind `W`, and is new all the same;
+  their rows are dropped only on a key match, and their keys are learnt over the horizon or the
+  longest time bar, whichever is longer (a restart mid-bucket writes that bucket's bar again).
 
-Once a table's rows are all past `W + horizon` its state retires and the check costs one dict
+Market data is filtered at the intake, per frame, before the journal and the pipeline
+(`filter_frame`), so a duplicate trade never counts twice in a bar. The pipeline's tables are
+filtered at their writers (`admission`), which drops a bar the dataset already holds (say, the
+partial bar of a minute in which the daemon was restarted twice).
+
+Once a table's rows are all past `W + horizon` (the longer window for the pipeline's tables, whose
+oldest open bucket must have closed) its state retires and the check costs one dict
 lookup per frame; a stream with no live state costs one attribute read. Keys are kept as 64-bit
 hashes in a sorted array (8 bytes a row).
 
@@ -43,20 +52,22 @@ from storage.schemas import table_for, table_spec, tables_of
 from streams.base import Frame
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
     from pathlib import Path
 
     import numpy.typing as npt
 
     from ingest.config import StreamName
+    from ingest.metrics import Metrics
+    from storage.parquet import Admission
     from storage.schemas import TableSpec
 
-__all__ = ["DERIVED_TABLES", "DedupFilter"]
+__all__ = ["DERIVED_TABLES", "DedupFilter", "key_hashes"]
 
 log = structlog.get_logger("storage.dedup")
 
 DERIVED_TABLES: Final = frozenset({"bars", "anomalies"})
-"""Computed by the pipeline from de-duplicated trades, so never checked themselves."""
+"""Computed by the pipeline: checked at their writers, by keys only (no horizon floor)."""
 _NO_FLOOR: Final = np.iinfo(np.int64).min
 
 
@@ -67,6 +78,8 @@ class _State:
     watermark: int
     floor: int
     known: npt.NDArray[np.int64]
+    window: int
+    """Rows newer than `watermark + window` cannot repeat a stored one: the state retires."""
     extra: set[int] = field(default_factory=set)
     retired: bool = False
 
@@ -100,8 +113,18 @@ def key_hashes(rows: pa.Table, keys: Sequence[str]) -> list[int]:
 class DedupFilter:
     """Per (stream, table): the watermark, the floor and the keys stored near the watermark."""
 
-    def __init__(self, horizon_seconds: float, indicator_columns: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        horizon_seconds: float,
+        indicator_columns: Sequence[str] = (),
+        *,
+        derived_window_seconds: float = 0.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """`derived_window_seconds`: how far back bar keys are learnt (the longest time bar)."""
+        self._metrics = metrics
         self.horizon_ns = int(horizon_seconds * 1e9)
+        self._derived_window_ns = int(max(horizon_seconds, derived_window_seconds) * 1e9)
         self.dropped: Counter[tuple[StreamName, str]] = Counter()
         """Rows dropped as already stored, per (stream, table)."""
         self._indicators = tuple(indicator_columns)
@@ -124,7 +147,7 @@ class DedupFilter:
             return admitted
         spec = self._spec(stream, table)
         times = _times(rows[spec.watermark_column])
-        if int(times.min()) > state.watermark + self.horizon_ns:
+        if int(times.min()) > state.watermark + state.window:
             state.retired = True
             self._refresh(stream)
             return admitted
@@ -138,6 +161,8 @@ class DedupFilter:
         dropped = len(admitted) - int(admitted.sum())
         if dropped:
             self.dropped[(stream, table)] += dropped
+            if self._metrics is not None:
+                self._metrics.deduplicated.inc(stream, table, amount=dropped)
         return admitted
 
     def remember(self, stream: StreamName, table: str, rows: pa.Table) -> None:
@@ -148,7 +173,9 @@ class DedupFilter:
         newest = int(_times(rows[spec.watermark_column]).max())
         state = self._states.get((stream, table))
         if state is None:
-            state = self._states[(stream, table)] = _State(newest, _NO_FLOOR, np.empty(0, np.int64))
+            state = self._states[(stream, table)] = _State(
+                newest, _NO_FLOOR, np.empty(0, np.int64), self._window(table)
+            )
         state.watermark = max(state.watermark, newest)
         state.extra.update(key_hashes(rows, spec.keys))
         state.retired = False
@@ -182,13 +209,35 @@ class DedupFilter:
             return None
         return Frame(stream, frame.recv_ns, kept, frame.rejects, self._encoder.encode(kept))
 
+    def admission(self, stream: StreamName, spec: TableSpec) -> Admission | None:
+        """A writer filter for the pipeline's tables (market data is filtered at the intake)."""
+        if spec.name not in DERIVED_TABLES:
+            return None
+
+        def admit(records: Sequence[Any]) -> Sequence[Any]:
+            state = self._states.get((stream, spec.name))
+            if state is None or state.retired:
+                return records
+            mask = self.admit(stream, spec.name, spec.to_table(records))
+            return [record for record, ok in zip(records, mask, strict=True) if ok]
+
+        return admit
+
     # --- seeding -------------------------------------------------------------------------------
 
-    def seed(self, root: Path, streams: Sequence[StreamName]) -> None:
-        """Learn what the dataset under `root` holds near each table's newest row (blocking I/O)."""
+    def seed(
+        self,
+        root: Path,
+        streams: Sequence[StreamName],
+        tables: Collection[str] | None = None,
+    ) -> None:
+        """Learn what the dataset under `root` holds near each table's newest row (blocking I/O).
+
+        `tables` limits the tables seeded (all of each stream's by default).
+        """
         for stream in streams:
             for table in tables_of(stream):
-                if table in DERIVED_TABLES:
+                if tables is not None and table not in tables:
                     continue
                 state = self._seed_table(root / stream / table, self._spec(stream, table))
                 if state is not None:
@@ -209,7 +258,8 @@ class DedupFilter:
         if not found:
             return None
         watermark = max(found)
-        floor = watermark - self.horizon_ns
+        window = self._window(spec.name)
+        floor = watermark - window
         hashes: list[int] = []
         for path, ns in newest.items():
             if ns is None or ns <= floor:
@@ -222,9 +272,13 @@ class DedupFilter:
             near = np.flatnonzero(_times(times[spec.watermark_column]) > floor)
             hashes += key_hashes(rows.take(near), spec.keys)
         known = np.unique(np.asarray(hashes, dtype=np.int64))
-        return _State(watermark, floor, known)
+        derived = spec.name in DERIVED_TABLES
+        return _State(watermark, _NO_FLOOR if derived else floor, known, window)
 
     # --- internals -----------------------------------------------------------------------------
+
+    def _window(self, table: str) -> int:
+        return self._derived_window_ns if table in DERIVED_TABLES else self.horizon_ns
 
     def _spec(self, stream: StreamName, table: str) -> TableSpec:
         return table_spec(stream, table, self._indicators)

@@ -15,6 +15,7 @@ looking for segments to recover never takes one that is still owned.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -86,18 +87,24 @@ def probe_journal(root: Path) -> None:
         StorageError: nothing can be written there.
     """
     directory = root / JOURNAL_DIR
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"data directory {str(root)!r} cannot be created: {exc.strerror or exc}"
+        raise StorageError(msg) from exc
     probe = directory / f".probe-{os.getpid()}"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(exist_ok=True)
         with probe.open("wb") as file:
             file.write(b"\0" * 4096)
             file.flush()
             os.fsync(file.fileno())
-        probe.unlink()
     except OSError as exc:
-        probe.unlink(missing_ok=True)
         msg = f"data directory {str(root)!r} is not writable: {exc.strerror or exc}"
         raise StorageError(msg) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
 
 
 def list_segments(root: Path, stream: StreamName) -> list[Path]:
@@ -140,6 +147,7 @@ def read_segment(path: Path) -> SegmentRead:
                 for r, c, p in zip(recv, codes, payloads, strict=True)
             )
             good = source.tell()
+        good = source.tell()  # past the end-of-stream marker of a closed segment
     except (pa.ArrowInvalid, OSError, IndexError):
         pass  # a torn or garbled tail: everything before it is intact
     return SegmentRead(path, frames, len(data) - good)
@@ -265,10 +273,13 @@ class SegmentWriter:
             return len(done)
 
     def close(self) -> None:
-        """Close the open segment; covered segments stay until `release` deletes them."""
+        """Close every segment and give up its lock; what is left is for the next start."""
         with self._lock:
             if self._current is not None:
                 self._rotate()
+            for segment in self._closed:
+                segment.file.close()
+            self._closed.clear()
 
     # --- internals ---------------------------------------------------------------------------
 

@@ -288,10 +288,9 @@ class TableWriter:
                 return True
             records, self._buffer = self._buffer, []
             self._oldest["sealing"], self._oldest["buffer"] = self._oldest["buffer"], None
-            try:
-                result = await anyio.to_thread.run_sync(self._write, records)
-            finally:
-                self._oldest["sealing"] = None
+            # Should converting raise (a bug), "sealing" stays set: the journal keeps the frames.
+            result = await anyio.to_thread.run_sync(self._write, records)
+            self._oldest["sealing"] = None
             if result.refused:
                 log.warning(
                     "records_refused",

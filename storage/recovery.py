@@ -6,12 +6,13 @@ that no live process holds (flock), reads each up to its last complete batch (a 
 counted and logged as `journal_torn_tail`, never fatal), and feeds the frames oldest first, with
 their original receive times, through fresh routers into a dataset of their own.
 
-Exactly once, without guessing from keys: a writer seals the rows of one (symbol, date) in the
-order they were put (`storage.parquet`), so what a crashed writer sealed of a table is, per
-(symbol, date), every row up to some receive time. Recovery reads those marks from the Parquet
-files written since the oldest journaled frame (`SealedMarks`) and drops every recovered row at or
-below its mark, in every table, the pipeline's bars and anomalies included. Late or identical
-rows are recovered as exactly as the rest.
+Exactly once, without guessing from time windows: a writer seals the rows of one (symbol, date)
+in the order they were put (`storage.parquet`), so what a crashed writer sealed of a table is,
+per (symbol, date), every row up to some receive time. Recovery reads those marks from the
+Parquet files written since the oldest journaled frame (`SealedMarks`) and drops every recovered
+row at or below its mark, in every table, the pipeline's bars and anomalies included. Late or
+identical rows are recovered as exactly as the rest. Articles carry no symbol (any symbol's task
+may write one), so for them the keys of the articles sealed since then decide.
 
 The segments are deleted only once everything recovered is sealed. A recovery that is itself
 killed leaves them in place; the next start does the same work, and the marks make it idempotent.
@@ -22,6 +23,7 @@ clean stop (docs/operations.md).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,15 +33,16 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import structlog
 
 from ingest.config import STREAMS
 from ingest.errors import StorageError
 from storage.atomic import fsync_dir
+from storage.dedup import key_hashes
 from storage.journal import list_segments, lock_segment, read_segment
 from storage.parquet import open_dataset
+from storage.schemas import table_spec
 from streams.base import Frame
 from streams.messages import FrameDecoder
 
@@ -126,14 +129,27 @@ def _claim(root: Path, prefix: str) -> _Claim:
 
 @dataclass(slots=True)
 class SealedMarks:
-    """Per (stream, table): for each (symbol, UTC day), the newest receive time sealed."""
+    """What was sealed since the oldest journaled frame, per (stream, table).
+
+    Tables with a `symbol` column: for each (symbol, UTC day) the newest receive time sealed (one
+    symbol's rows are put by one task, in order). Articles, which have no symbol and are put by
+    whichever symbol task an article is routed to: the keys of every article sealed.
+    """
 
     marks: dict[tuple[StreamName, str], dict[tuple[str, int], int]] = field(default_factory=dict)
+    keys: dict[tuple[StreamName, str], set[int]] = field(default_factory=dict)
+    indicator_columns: Sequence[str] = ()
 
     @classmethod
-    def load(cls, root: Path, streams: Sequence[StreamName], since_ns: int) -> SealedMarks:
+    def load(
+        cls,
+        root: Path,
+        streams: Sequence[StreamName],
+        since_ns: int,
+        indicator_columns: Sequence[str] = (),
+    ) -> SealedMarks:
         """Read the marks from the files modified since `since_ns` (blocking I/O)."""
-        found = cls()
+        found = cls(indicator_columns=indicator_columns)
         cutoff = since_ns - _CLOCK_SLACK_NS
         for stream in streams:
             base = root / stream
@@ -150,42 +166,42 @@ class SealedMarks:
 
     def _add(self, stream: StreamName, path: Path) -> None:
         table = path.parent.parent.name
+        if "symbol" not in pq.read_schema(path).names:
+            spec = table_spec(stream, table, self.indicator_columns)
+            rows = pq.read_table(path, columns=list(spec.keys))
+            self.keys.setdefault((stream, table), set()).update(key_hashes(rows, spec.keys))
+            return
         day = int(np.datetime64(path.parent.name.removeprefix("date="), "D").astype(np.int64))
-        schema = pq.read_schema(path)
-        columns = ["symbol", "recv_ts"] if "symbol" in schema.names else ["recv_ts"]
-        rows = pq.read_table(path, columns=columns)
-        pairs: list[tuple[str, int | None]]
-        if "symbol" in schema.names:
-            rows = rows.set_column(0, "symbol", rows["symbol"].cast(pa.string()))
-            grouped = rows.group_by("symbol").aggregate([("recv_ts", "max")])
-            pairs = list(
-                zip(
-                    cast("list[str]", grouped["symbol"].to_pylist()),
-                    grouped["recv_ts_max"].cast(pa.int64()).to_pylist(),
-                    strict=True,
-                )
-            )
-        else:
-            pairs = [("", pc.max(rows["recv_ts"].cast(pa.int64())).as_py())]
+        rows = pq.read_table(path, columns=["symbol", "recv_ts"])
+        rows = rows.set_column(0, "symbol", rows["symbol"].cast(pa.string()))
+        grouped = rows.group_by("symbol").aggregate([("recv_ts", "max")])
         marks = self.marks.setdefault((stream, table), {})
-        for symbol, recv_ns in pairs:
-            if recv_ns is not None:
-                key = (symbol, day)
-                marks[key] = max(marks.get(key, recv_ns), recv_ns)
+        for symbol, recv_ns in zip(
+            cast("list[str]", grouped["symbol"].to_pylist()),
+            cast("list[int]", grouped["recv_ts_max"].cast(pa.int64()).to_pylist()),
+            strict=True,
+        ):
+            key = (symbol, day)
+            marks[key] = max(marks.get(key, recv_ns), recv_ns)
 
     def admission(self, stream: StreamName, spec: TableSpec) -> Admission | None:
         """A writer filter dropping the rows of `stream/spec` that were sealed already."""
         marks = self.marks.get((stream, spec.name))
+        keys = self.keys.get((stream, spec.name))
+        if keys:
+            return lambda records: [
+                record
+                for record, key in zip(
+                    records, key_hashes(spec.to_table(records), spec.keys), strict=True
+                )
+                if key not in keys
+            ]
         if not marks:
             return None
 
         def admit(records: Sequence[Any]) -> Sequence[Any]:
             rows = spec.to_table(records)
-            symbols = (
-                cast("list[str]", rows["symbol"].cast(pa.string()).to_pylist())
-                if "symbol" in rows.column_names
-                else [""] * rows.num_rows
-            )
+            symbols = cast("list[str]", rows["symbol"].cast(pa.string()).to_pylist())
             days: list[int] = (
                 rows[spec.time_column].cast(pa.int64()).to_numpy() // _DAY_NS
             ).tolist()
@@ -222,10 +238,12 @@ async def recover_journal(
     indicator_columns: Sequence[str],
     metrics: Metrics,
     make_router: Callable[[StreamName, Dataset], RecoveryRouter],
+    admission: Callable[[StreamName, TableSpec], Admission | None] | None = None,
 ) -> int:
     """Replay this shard's orphaned journal segments into the dataset; the frames recovered.
 
-    `make_router(stream, dataset)` builds a `RecoveryRouter` writing into `dataset`.
+    `make_router(stream, dataset)` builds a `RecoveryRouter` writing into `dataset`. Rows pass
+    `admission` (when given) after the sealed marks: the key check of the pipeline's tables.
 
     Raises:
         StorageError: the recovered rows could not be sealed; the segments are kept.
@@ -241,7 +259,9 @@ async def recover_journal(
         frames = sum(len(f) for f in claim.frames.values())
         oldest = min((f[0].recv_ns for f in claim.frames.values() if f), default=time.time_ns())
         streams = list(claim.frames)
-        marks = await anyio.to_thread.run_sync(SealedMarks.load, root, streams, oldest)
+        marks = await anyio.to_thread.run_sync(
+            SealedMarks.load, root, streams, oldest, indicator_columns
+        )
         async with open_dataset(
             root,
             settings.storage,
@@ -249,7 +269,7 @@ async def recover_journal(
             metadata=metadata,
             indicator_columns=indicator_columns,
             metrics=metrics,
-            admission=marks.admission,
+            admission=functools.partial(_admission, marks, admission),
         ) as dataset:
             for stream, journaled in claim.frames.items():
                 router = make_router(stream, dataset)
@@ -273,6 +293,19 @@ async def recover_journal(
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lambda: claim.release(delete=False))
+
+
+def _admission(
+    marks: SealedMarks,
+    then: Callable[[StreamName, TableSpec], Admission | None] | None,
+    stream: StreamName,
+    spec: TableSpec,
+) -> Admission | None:
+    first = marks.admission(stream, spec)
+    second = then(stream, spec) if then is not None else None
+    if first is None or second is None:
+        return first or second
+    return lambda records: second(first(records))
 
 
 def _check_sealed(dataset: Dataset) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "TIMESTAMP",
     "TableSpec",
     "bars_spec",
+    "describe_tables",
     "parse_timestamps",
     "table_for",
     "table_spec",
@@ -77,9 +78,18 @@ _OCC_FIELDS: Final[list[tuple[str, pa.DataType]]] = [
 ]
 
 
-def _schema(fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
+def _schema(
+    fields: list[tuple[str, pa.DataType]], added: list[tuple[str, pa.DataType]] | None = None
+) -> pa.Schema:
+    """symbol, ts, `fields`, recv_ts, then `added`: columns added later go at the end."""
     head = [("symbol", SYMBOL), ("ts", TIMESTAMP)]
-    return pa.schema([*head, *fields, ("recv_ts", TIMESTAMP)])
+    return pa.schema([*head, *fields, ("recv_ts", TIMESTAMP), *(added or [])])
+
+
+_BACKFILLED: Final[list[tuple[str, pa.DataType]]] = [("backfilled", pa.bool_())]
+"""True for a row recovered from REST history after a gap (issue 6), false when received live."""
+_APPLIED: Final[list[tuple[str, pa.DataType]]] = [("applied", pa.string())]
+"""What a correction or cancel did to the bars (`ingest.corrections`)."""
 
 
 TRADES: Final = _schema(
@@ -91,8 +101,8 @@ TRADES: Final = _schema(
         ("conditions", STRINGS),
         ("tape", pa.string()),
         ("taker_side", pa.string()),
-        ("backfilled", pa.bool_()),
-    ]
+    ],
+    _BACKFILLED,
 )
 QUOTES: Final = _schema(
     [
@@ -104,14 +114,18 @@ QUOTES: Final = _schema(
         ("ask_exchange", pa.string()),
         ("conditions", STRINGS),
         ("tape", pa.string()),
-        ("backfilled", pa.bool_()),
-    ]
+    ],
+    _BACKFILLED,
 )
 OPTION_TRADES: Final = pa.schema(
-    [*TRADES][:-1] + [pa.field(n, t) for n, t in _OCC_FIELDS] + [TRADES.field("recv_ts")]
+    [*TRADES][:-2]
+    + [pa.field(n, t) for n, t in _OCC_FIELDS]
+    + [TRADES.field("recv_ts"), TRADES.field("backfilled")]
 )
 OPTION_QUOTES: Final = pa.schema(
-    [*QUOTES][:-1] + [pa.field(n, t) for n, t in _OCC_FIELDS] + [QUOTES.field("recv_ts")]
+    [*QUOTES][:-2]
+    + [pa.field(n, t) for n, t in _OCC_FIELDS]
+    + [QUOTES.field("recv_ts"), QUOTES.field("backfilled")]
 )
 VENDOR_BARS: Final = _schema(
     [
@@ -123,8 +137,8 @@ VENDOR_BARS: Final = _schema(
         ("volume", pa.float64()),
         ("trade_count", pa.int64()),
         ("vwap", pa.float64()),
-        ("backfilled", pa.bool_()),
-    ]
+    ],
+    _BACKFILLED,
 )
 STATUSES: Final = _schema(
     [
@@ -155,8 +169,8 @@ CORRECTIONS: Final = _schema(
         ("corr_size", pa.float64()),
         ("corr_conditions", STRINGS),
         ("tape", pa.string()),
-        ("applied", pa.string()),
-    ]
+    ],
+    _APPLIED,
 )
 CANCELS: Final = _schema(
     [
@@ -166,8 +180,8 @@ CANCELS: Final = _schema(
         ("size", pa.float64()),
         ("action", pa.string()),
         ("tape", pa.string()),
-        ("applied", pa.string()),
-    ]
+    ],
+    _APPLIED,
 )
 IMBALANCES: Final = _schema([("price", pa.float64()), ("tape", pa.string())])
 ORDERBOOKS: Final = _schema([("bids", LEVELS), ("asks", LEVELS), ("reset", pa.bool_())])
@@ -193,8 +207,8 @@ _ARTICLE_FIELDS: Final[
     ("created_at", TIMESTAMP),
     ("updated_at", TIMESTAMP),
     ("content", pa.string()),
-    ("backfilled", pa.bool_()),
     ("recv_ts", TIMESTAMP),
+    *_BACKFILLED,
 ]
 ARTICLES: Final = pa.schema(_ARTICLE_FIELDS)
 
@@ -527,11 +541,11 @@ def bars_spec(indicator_columns: Sequence[str]) -> TableSpec:
             ("trade_count", pa.int64()),
             ("vwap", pa.float64()),
             ("partial", pa.bool_()),
-            ("corrections", pa.int32()),
             *[(name, pa.float64()) for name in indicator_columns],
             ("session_vwap", pa.float64()),
             ("trend", pa.string()),
-        ]
+        ],
+        [("corrections", pa.int32())],  # trade corrections applied while the bar was open
     )
     return TableSpec("bars", schema, _rows(schema), keys=BAR_KEYS)
 
@@ -552,6 +566,33 @@ def tables_of(stream: StreamName) -> tuple[str, ...]:
     """Every table a stream can write."""
     own = tuple(table for (s, table) in _SPECS if s == stream)
     return (*own, "bars") if stream != "news" else own
+
+
+def describe_tables(indicator_columns: Sequence[str]) -> str:
+    """Every table as Markdown (columns, types, keys): the generated part of docs/schema.md."""
+    groups: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+    specs: dict[tuple[str, str, tuple[str, ...]], TableSpec] = {}
+    for stream in ("stocks", "crypto", "options", "news"):
+        for table in tables_of(stream):
+            spec = table_spec(stream, table, indicator_columns)
+            key = (table, spec.schema.to_string(show_schema_metadata=False), spec.keys)
+            groups.setdefault(key, []).append(stream)
+            specs[key] = spec
+    out: list[str] = []
+    for key, streams in groups.items():
+        spec = specs[key]
+        out += [
+            f"### {', '.join(f'{s}/{spec.name}' for s in streams)}",
+            "",
+            f"Keys: `{', '.join(spec.keys)}`. Partitioned by the UTC date of `{spec.time_column}`,"
+            f" sorted by `{', '.join(spec.sort_by)}`.",
+            "",
+            "| column | type |",
+            "|---|---|",
+            *(f"| `{f.name}` | `{f.type}` |" for f in spec.schema),
+            "",
+        ]
+    return "\n".join(out)
 
 
 # pyarrow imports pandas lazily on its first list conversion (0.5 s of file I/O); do it at import,

@@ -39,6 +39,31 @@ class TestDefaults:
         settings = settings_from_mapping({"server": {"log_interval": "10s"}})
         assert settings.server.log_interval == 10.0
 
+    def test_storage_durability_keys(self) -> None:
+        """The journal, its segments, the de-duplication horizon and compaction's age."""
+        default = settings_from_mapping({}).storage
+        assert (default.journal, default.fsync, default.journal_segment_mb) == (True, "batch", 64)
+        assert (default.dedup_horizon, default.compact_after) == (60.0, 3600.0)
+        settings = settings_from_mapping(
+            {
+                "storage": {
+                    "journal": False,
+                    "fsync": "interval",
+                    "fsync_interval_ms": 50,
+                    "journal_segment_mb": 8,
+                    "dedup_horizon": "5m",
+                    "compact_after": "2h",
+                }
+            }
+        ).storage
+        assert (settings.journal, settings.fsync, settings.fsync_interval_ms) == (
+            False,
+            "interval",
+            50,
+        )
+        assert (settings.journal_segment_mb, settings.dedup_horizon) == (8, 300.0)
+        assert settings.compact_after == 7200.0
+
     def test_time_bar_sizes(self) -> None:
         """Time bars take s, m, h and d sizes."""
         settings = settings_from_mapping({"pipeline": {"bars": ["time:5s", "time:1h", "time:1d"]}})
@@ -104,6 +129,34 @@ BAD: list[Any] = [
         {"pipeline": {"correction_window": 0}},
         "'pipeline.correction_window': 0 is invalid; expected an integer >= 1",
         id="correction-window",
+    ),
+    pytest.param(
+        {"storage": {"journal": "yes"}},
+        "'storage.journal': 'yes' is invalid; expected true or false",
+        id="journal",
+    ),
+    pytest.param(
+        {"storage": {"journal_segment_mb": 0}},
+        "'storage.journal_segment_mb': 0 is invalid",
+        id="journal-segment",
+    ),
+    pytest.param(
+        {"storage": {"dedup_horizon": "soon"}},
+        "'storage.dedup_horizon': 'soon' is invalid; expected a duration",
+        id="dedup-horizon",
+    ),
+    pytest.param(
+        {"storage": {"compact_after": "1y"}},
+        "'storage.compact_after': '1y' is invalid; expected a duration",
+        id="compact-after",
+    ),
+    pytest.param(
+        {"storage": {"fsync": "always"}}, "'storage.fsync': 'always' is invalid", id="fsync"
+    ),
+    pytest.param(
+        {"storage": {"fsync_interval_ms": 0}},
+        "'storage.fsync_interval_ms': 0 is invalid",
+        id="fsync-interval",
     ),
 ]
 
