@@ -10,10 +10,12 @@ times, are in docs/reliability.md.
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+from anyio.from_thread import start_blocking_portal
 
 from tests.alpaca.fake_alpaca import (
     CutFrame,
@@ -29,6 +31,7 @@ from tests.faults.content import Content, missing_and_extra
 from tests.faults.harness import PATHS, Outcome, daemon_settings, run_scenario
 from tests.faults.slowdisk import slow_disk
 from tests.faults.smallsocket import small_receive_buffer
+from tests.storage.daemon import Daemon, journaled_trades
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -315,3 +318,62 @@ class TestDaemonRestart:
         outcome = run(settings, second, expected_rows("stocks", b + c), fake=fake)
         assert_exactly_once(tmp_path, "stocks", a + b + c)
         assert backfilled_rows(outcome, "stocks") == len(b)
+
+
+def alpaca_config(tmp_path: Path, fake: FakeAlpaca) -> Path:
+    """A config for `ingest run` on the Alpaca source pointed at the fake."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[ingest]\ndata_dir = "{tmp_path / "data"}"\nsource = "alpaca"\nstreams = ["stocks"]\n'
+        f'[alpaca]\nstream_url = "{fake.ws_url}"\ndata_url = "{fake.http_url}"\n'
+        f'trading_url = "{fake.http_url}"\nstaleness_seconds = "10s"\n'
+        'backoff_initial_seconds = "10ms"\nbackoff_max_seconds = "50ms"\n'
+        "rest_requests_per_minute = 60000\n"
+        '[streams.stocks]\nsymbols = ["AAPL", "MSFT"]\nchannels = ["trades", "quotes", "bars"]\n'
+        '[pipeline]\nbars = ["time:1m"]\n'
+        '[server]\nlisten = ""\n'
+        '[storage]\nroll_seconds = "1h"\n'
+    )
+    return path
+
+
+class TestDaemonKill:
+    def test_sigkill_and_restart(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """SIGKILL, then a restart: each of A, B, C once.
+
+        A is only in the journal when the daemon is killed; B is published while it is down.
+        The restart recovers A from the journal, back-fills B from REST and takes C live.
+        """
+        a, b, c = three_parts("stocks")
+        data = tmp_path / "data"
+        with start_blocking_portal() as portal:
+            fake = FakeAlpaca()
+            portal.call(fake.start)
+            try:
+                monkeypatch.setenv("APCA_API_KEY_ID", fake.key)
+                monkeypatch.setenv("APCA_API_SECRET_KEY", fake.secret)
+                config = alpaca_config(tmp_path, fake)
+                fake.script(PATHS["stocks"], Session(steps=[Send([a]), Silence()]))
+                first = Daemon(tmp_path / "first.log", "run", "--config", str(config))
+                ids = {("stocks", m["S"], m["i"]) for m in a if m["T"] == "t"}
+                deadline = time.monotonic() + 30
+                while not ids <= journaled_trades(data) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert ids <= journaled_trades(data), "A never reached the journal"
+                first.kill()
+                assert not any(data.glob("stocks/trades/**/*.parquet")), "A was sealed already"
+                portal.call(fake.history.publish, "stocks", b)
+                fake.script(PATHS["stocks"], Session(steps=[Send([c])]))
+                second = Daemon(
+                    tmp_path / "second.log", "run", "--config", str(config), "--duration", "4"
+                )
+                assert second.wait(timeout=60) == 0
+            finally:
+                portal.call(fake.stop)
+        stopped = [e for e in second.events() if e.get("event") == "daemon_stopped"]
+        assert stopped
+        assert stopped[0]["recovered_frames"] >= 1
+        filled = [e for e in second.events() if e.get("event") == "gap_backfilled"]
+        assert filled
+        assert filled[0]["rows"] == len(b)
+        assert_exactly_once(data, "stocks", a + b + c)
