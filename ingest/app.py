@@ -35,6 +35,7 @@ from ingest.screen import quarantine_refused
 from ingest.sdnotify import Notifier, run_watchdog
 from ingest.server import serve
 from ingest.state import DaemonState
+from ingest.warmup import load_warmup
 from storage.compact import repair_compactions
 from storage.dedup import DERIVED_TABLES, DedupFilter
 from storage.journal import probe_journal
@@ -47,7 +48,7 @@ from storage.parquet import (
 )
 from storage.quarantine import Quarantine
 from storage.recovery import recover_journal
-from streams.base import SupportsLedger
+from streams.base import SupportsBarHistory, SupportsLedger
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -227,6 +228,10 @@ async def run_daemon(
                         ledger.seed, root, streams, settings.alpaca.backfill_max_gap
                     )
                     source.ledger = ledger
+                history = source if isinstance(source, SupportsBarHistory) else None
+                for stream, router in routers.items():
+                    symbols = settings.streams[stream].symbols
+                    router.warmup = await load_warmup(settings, stream, symbols, history)
                 async with anyio.create_task_group() as stream_groups:
                     for router in routers.values():
                         await stream_groups.start(router.run)

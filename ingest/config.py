@@ -113,6 +113,8 @@ class PipelineSettings:
     momentum: int = 10
     zscore: int = 20
     anomaly: AnomalySettings = AnomalySettings()
+    warmup: bool = True
+    """Warm each symbol's bar series up from history at start (`ingest.warmup`)."""
     correction_window: int = 10_000
     """Stock trades remembered per symbol, so corrections and cancels can restate open bars."""
 
@@ -498,6 +500,7 @@ def _pipeline(raw: _Section) -> PipelineSettings:
         momentum=raw.take("momentum", lambda k, v: _int(k, v, 1), d.momentum),
         zscore=raw.take("zscore", window, d.zscore),
         anomaly=raw.take("anomaly", _anomaly, d.anomaly),
+        warmup=raw.take("warmup", _bool, d.warmup),
         correction_window=raw.take(
             "correction_window", lambda k, v: _int(k, v, 1), d.correction_window
         ),

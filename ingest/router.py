@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from ingest.metrics import Metrics
+    from ingest.warmup import Warmup
     from storage.quarantine import Quarantine
     from streams.base import Frame
 
@@ -103,6 +104,8 @@ class StreamRouter:
         self._group: anyio.abc.TaskGroup | None = None
         self._closed = anyio.Event()
         self._tables: dict[type, str | None] = {}
+        self.warmup: Warmup = {}
+        """Closes each symbol's series start from (`ingest.warmup`); set before `run`."""
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -191,6 +194,9 @@ class StreamRouter:
     async def _symbol_task(self, symbol: str, receive: MemoryObjectReceiveStream[Batch]) -> None:
         with structlog.contextvars.bound_contextvars(stream=self.stream, symbol=symbol):
             pipeline = self._factory(symbol, self._settings.pipeline)
+            history = self.warmup.pop(symbol, None)
+            if history:
+                pipeline.warm_up(history)
             memory = self._memory()
             inflight = self._inflight[symbol]
             async with receive:

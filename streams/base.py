@@ -20,7 +20,15 @@ if TYPE_CHECKING:
     from ingest.config import StreamName
     from streams.messages import AnyMessage, Encoding, Reject
 
-__all__ = ["Frame", "FrameSink", "Ledger", "OverlapCheck", "Source", "SupportsLedger"]
+__all__ = [
+    "Frame",
+    "FrameSink",
+    "Ledger",
+    "OverlapCheck",
+    "Source",
+    "SupportsBarHistory",
+    "SupportsLedger",
+]
 
 
 @dataclass(slots=True)
@@ -97,3 +105,21 @@ class SupportsLedger(Protocol):
     """A source that fills gaps from history when given the daemon's `Ledger`."""
 
     ledger: Ledger | None
+
+
+@runtime_checkable
+class SupportsBarHistory(Protocol):
+    """A source that can tell recent bar closes (indicator warm-up, `ingest.warmup`)."""
+
+    async def bar_closes(
+        self,
+        stream: StreamName,
+        symbols: Sequence[str],
+        seconds: float,
+        start_ns: int,
+        end_ns: int,
+    ) -> dict[str, list[tuple[int, float]]]:
+        """(bar start ns, close) per symbol for bars `seconds` wide in `[start, end]`.
+
+        Empty when the source has no bars of that width.
+        """

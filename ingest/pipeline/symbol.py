@@ -23,6 +23,8 @@ from ingest.pipeline.bars import Bar, TimeBarBuilder, TradeSlice, create_builder
 from ingest.pipeline.indicators import IndicatorState, indicator_columns
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from ingest.config import BarSpec, PipelineSettings
 
 __all__ = ["PipelineOutput", "RecentTrades", "SymbolPipeline", "indicator_columns"]
@@ -153,6 +155,20 @@ class SymbolPipeline:
             )
         self._seq += m
         return out
+
+    def warm_up(self, closes: Mapping[tuple[str, str], Sequence[float]]) -> int:
+        """Feed each series the closes of its history (oldest first); how many series took some.
+
+        Only the indicators learn them: no bar is emitted, and the bar builders start empty.
+        """
+        warmed = 0
+        for series in self._series:
+            history = closes.get((series.kind, series.label))
+            if history:
+                for close in history:
+                    series.indicators.update(close)
+                warmed += 1
+        return warmed
 
     @property
     def trades_seen(self) -> int:

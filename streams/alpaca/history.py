@@ -66,6 +66,7 @@ __all__ = [
     "HistoryRequest",
     "RateLimitedError",
     "RestPacer",
+    "parse_rfc3339_ns",
     "timeframe_of",
 ]
 
@@ -161,6 +162,13 @@ def timeframe_of(seconds: float) -> TimeFrame | None:
     if whole % 60 == 0 and whole // 60 < 60:
         return TimeFrame(whole // 60, TimeFrameUnit.Minute)
     return None
+
+
+def parse_rfc3339_ns(text: str) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 UTC time (`...Z`, up to nine digits)."""
+    whole, _, fraction = text.removesuffix("Z").partition(".")
+    seconds = int(datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp())
+    return seconds * 1_000_000_000 + int((fraction + "000000000")[:9])
 
 
 def _when(ns: int, *, up: bool) -> datetime:

@@ -14,7 +14,7 @@ gap from REST history while its live frames wait at a gate (`streams.alpaca.back
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
@@ -38,9 +38,9 @@ from ingest.errors import (
     FeedProtocolError,
     IngestError,
 )
-from streams.alpaca.backfill import Backfiller, Gate
+from streams.alpaca.backfill import SYMBOLS_PER_REQUEST, Backfiller, Gate
 from streams.alpaca.credentials import Credentials, load_credentials
-from streams.alpaca.history import HistoryClient
+from streams.alpaca.history import HistoryClient, HistoryRequest, parse_rfc3339_ns, timeframe_of
 from streams.alpaca.protocol import (
     ConnectionLimitError,
     encoding_for,
@@ -49,6 +49,7 @@ from streams.alpaca.protocol import (
 )
 from streams.alpaca.session import SessionPlan, SessionState, run_session
 from streams.discovery import discover_option_contracts
+from streams.messages import MinuteBar
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -168,6 +169,28 @@ class AlpacaSource:
         if self.history is None:
             self.history = HistoryClient(self.settings, self._credentials, sleep=self._sleep)
         return self.history
+
+    async def bar_closes(
+        self,
+        stream: StreamName,
+        symbols: Sequence[str],
+        seconds: float,
+        start_ns: int,
+        end_ns: int,
+    ) -> dict[str, list[tuple[int, float]]]:
+        """Alpaca's REST bars of a width it offers, as (start ns, close) per symbol."""
+        timeframe = timeframe_of(seconds)
+        if timeframe is None or stream == "news":
+            return {}
+        closes: dict[str, list[tuple[int, float]]] = {}
+        for at in range(0, len(symbols), SYMBOLS_PER_REQUEST):
+            chunk = tuple(symbols[at : at + SYMBOLS_PER_REQUEST])
+            request = HistoryRequest(stream, "bars", chunk, start_ns, end_ns, timeframe)
+            async for page in self.history_client().pages(request):
+                for bar in page.messages:
+                    if isinstance(bar, MinuteBar):
+                        closes.setdefault(bar.S, []).append((parse_rfc3339_ns(bar.t), bar.c))
+        return closes
 
     def _backfiller(self) -> Backfiller | None:
         if self.ledger is None or not self.settings.backfill:
