@@ -502,7 +502,7 @@ def _pipeline(raw: _Section) -> PipelineSettings:
         anomaly=raw.take("anomaly", _anomaly, d.anomaly),
         warmup=raw.take("warmup", _bool, d.warmup),
         correction_window=raw.take(
-            "correction_window", lambda k, v: _int(k, v, 1), d.correction_window
+            "correction_window", lambda k, v: _int(k, v, 0), d.correction_window
         ),
     )
     raw.finish(_known(PipelineSettings))

@@ -9,8 +9,10 @@ A back-fill (`streams.alpaca.backfill`) asks three things, and this is where the
   rows are where the overlap check can see them;
 * which REST rows of the gap are new (`overlap_check`): rows outside `[start, end]` are dropped,
   and rows inside are checked by key (`TableSpec.keys`, through `storage.dedup.DedupFilter`)
-  against the rows at the gap's start (writer buffers and Parquet) and the live rows that arrived
-  since the reconnect. Its horizon is unbounded, so an old gap is checked, never dropped.
+  against every row held from the gap's start on (writer buffers and Parquet) and the live rows
+  that arrived since the reconnect. Its horizon is unbounded, so an old gap is checked, never
+  taken for stored. The start only has to be a lower bound (the router keeps the stamp of each
+  batch's last row, not the maximum): rows held after it are recognised by key.
 """
 
 from __future__ import annotations
@@ -159,9 +161,9 @@ class DaemonLedger:
             writer = self._dataset.writers.get((stream, table))
             buffered = writer.buffered_records() if writer is not None else []
             if buffered:
-                check.remember_rows(table, _at_starts(_convert(spec, buffered), spec, wanted))
+                check.remember_rows(table, _from_starts(_convert(spec, buffered), spec, wanted))
             directory = self._settings.ingest.data_dir / stream / table
-            stored = await anyio.to_thread.run_sync(_stored_at, directory, spec, wanted)
+            stored = await anyio.to_thread.run_sync(_stored_from, directory, spec, wanted)
             check.remember_rows(table, stored)
         return check
 
@@ -255,10 +257,10 @@ def _convert(spec: TableSpec, records: Sequence[Any]) -> pa.Table | None:
         return None
 
 
-def _at_starts(
+def _from_starts(
     rows: pa.Table | None, spec: TableSpec, wanted: Mapping[str, int]
 ) -> pa.Table | None:
-    """The rows whose (symbol, time) is one of the gap starts."""
+    """The rows at or after their symbol's gap start (symbols without a gap: none)."""
     if rows is None or not rows.num_rows:
         return None
     times = rows[spec.time_column].cast(pa.int64()).to_pylist()
@@ -266,28 +268,32 @@ def _at_starts(
         symbols = rows["symbol"].cast(pa.string()).to_pylist()
     else:
         symbols = [ANY] * rows.num_rows
+    never = 2**62
     hits = [
         i
         for i, (s, t) in enumerate(zip(symbols, times, strict=True))
-        if s is not None and wanted.get(s) == t
+        if s is not None and t is not None and t >= wanted.get(s, never)
     ]
     return rows.take(hits) if hits else None
 
 
-def _stored_at(directory: Path, spec: TableSpec, wanted: Mapping[str, int]) -> pa.Table | None:
-    """Persisted rows at the gap starts, from the date partitions holding them (blocking)."""
-    days = {time.strftime("%Y-%m-%d", time.gmtime(ns // 1_000_000_000)) for ns in wanted.values()}
-    stamps = pa.array(sorted(set(wanted.values())), pa.int64()).cast(TIMESTAMP)
+def _stored_from(directory: Path, spec: TableSpec, wanted: Mapping[str, int]) -> pa.Table | None:
+    """Persisted rows at or after their gap start, from the partitions that may hold them."""
+    first = min(wanted.values())
+    first_day = time.strftime("%Y-%m-%d", time.gmtime(first // 1_000_000_000))
+    floor = pa.scalar(first, pa.int64()).cast(TIMESTAMP)
     columns = list(dict.fromkeys([*spec.keys, spec.watermark_column, spec.time_column]))
     found: list[pa.Table] = []
-    for day in sorted(days):
-        for path in sorted((directory / f"date={day}").glob("*.parquet")):
-            try:
-                rows = pq.read_table(path, columns=columns)
+    partitions = sorted(p for p in directory.glob("date=*") if p.name[5:] >= first_day)
+    for partition in partitions:
+        for path in sorted(partition.glob("*.parquet")):
+            try:  # the filter lets Parquet skip files and row groups wholly before the gap
+                rows = pq.read_table(
+                    path, columns=columns, filters=pc.field(spec.time_column) >= floor
+                )
             except (OSError, pa.ArrowException):
                 continue  # compacted away meanwhile: its rows are in the new file
-            rows = rows.filter(pc.is_in(rows[spec.time_column], value_set=stamps))
-            picked = _at_starts(rows, spec, wanted)
+            picked = _from_starts(rows, spec, wanted)
             if picked is not None:
                 found.append(picked)
     if not found:

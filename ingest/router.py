@@ -224,7 +224,7 @@ class StreamRouter:
 
     def _memory(self) -> TradeMemory | None:
         """Stock trades are remembered for corrections and cancels; other streams have none."""
-        if self.stream != "stocks":
+        if self.stream != "stocks" or not self._settings.pipeline.correction_window:
             return None
         return TradeMemory(self._settings.pipeline.correction_window)
 
@@ -253,10 +253,11 @@ class StreamRouter:
         for table, records in by_table.items():
             await self._dataset.writer(self.stream, table).put(records)
             self._metrics.messages.inc(self.stream, table, amount=len(records))
-            # Canonical RFC 3339 UTC text sorts like time: the newest stamp, without parsing.
-            newest = max(map(_STAMP.get(table, _T), records))
-            if newest > seen.get(table, ""):
-                seen[table] = newest
+            # A lower bound of the newest stamp, O(1) a batch: the batch's last (canonical RFC
+            # 3339 UTC text sorts like time). A back-fill checks every row from there on.
+            last = _STAMP.get(table, _T)(records[-1])
+            if last > seen.get(table, ""):
+                seen[table] = last
         state.messages += len(batch)
         state.last_recv_ns = batch[-1].recv_ns
         trades = cast("list[Trade]", by_table.get("trades"))

@@ -138,8 +138,8 @@ BAD: list[Any] = [
         id="max-frame-bytes",
     ),
     pytest.param(
-        {"pipeline": {"correction_window": 0}},
-        "'pipeline.correction_window': 0 is invalid; expected an integer >= 1",
+        {"pipeline": {"correction_window": -1}},
+        "'pipeline.correction_window': -1 is invalid; expected an integer >= 0",
         id="correction-window",
     ),
     pytest.param(
