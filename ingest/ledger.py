@@ -4,7 +4,8 @@ A back-fill (`streams.alpaca.backfill`) asks three things, and this is where the
 
 * where a symbol's gap starts: the newest event time taken for it in this process (the router
   keeps it per symbol and table, as text), else the newest one persisted by an earlier run
-  (read from the newest Parquet partitions once at start, after journal recovery);
+  (read once at start, after journal recovery, from the rows within `backfill_max_gap`: a
+  symbol with nothing persisted that recently has no gap to fill);
 * when everything received before the reconnect has reached the writers (`settle`), so those
   rows are where the overlap check can see them;
 * which REST rows of the gap are new (`overlap_check`): rows outside `[start, end]` are dropped,
@@ -86,15 +87,18 @@ class DaemonLedger:
     # --- seeding (blocking: run in a worker thread at start) -----------------------------------
 
     def seed(self, root: Path, streams: Sequence[StreamName], max_gap_seconds: float) -> None:
-        """Learn each symbol's newest persisted event time from the newest partitions."""
-        since = time.gmtime(time.time() - max_gap_seconds - 86_400)
-        first_day = time.strftime("%Y-%m-%d", since)
+        """Learn each symbol's newest persisted event time, within `max_gap_seconds` of now.
+
+        Older rows cannot start a gap (it would be cut to the limit anyway), and the filter lets
+        Parquet skip every file and row group wholly before it: a start reads little.
+        """
+        floor_ns = time.time_ns() - int((max_gap_seconds + 60) * 1e9)
         for stream in streams:
             for table in BACKFILL_TABLES:
                 if table_for_stream(stream, table) is None:
                     continue
                 spec = table_spec(stream, table, self._indicators)
-                newest = _newest_per_symbol(root / stream / table, spec, first_day)
+                newest = _newest_per_symbol(root / stream / table, spec, floor_ns)
                 if newest:
                     self._persisted[(stream, table)] = newest
                     log.debug("ledger_seeded", stream=stream, table=table, symbols=len(newest))
@@ -301,18 +305,22 @@ def _stored_from(directory: Path, spec: TableSpec, wanted: Mapping[str, int]) ->
     return pa.concat_tables(found, promote_options="permissive")
 
 
-def _newest_per_symbol(directory: Path, spec: TableSpec, first_day: str) -> dict[str, int]:
-    """Newest event time per symbol over the date partitions from `first_day` on (blocking)."""
+def _newest_per_symbol(directory: Path, spec: TableSpec, floor_ns: int) -> dict[str, int]:
+    """Newest event time per symbol among rows at or after `floor_ns` (blocking)."""
     if not directory.is_dir():
         return {}
     newest: dict[str, int] = {}
+    first_day = time.strftime("%Y-%m-%d", time.gmtime(floor_ns // 1_000_000_000))
+    floor = pa.scalar(floor_ns, pa.int64()).cast(TIMESTAMP)
     partitions = sorted(p for p in directory.glob("date=*") if p.name[5:] >= first_day)
     for partition in partitions:
         for path in sorted(partition.glob("*.parquet")):
             has_symbol = "symbol" in spec.schema.names
             columns = ["symbol", spec.time_column] if has_symbol else [spec.time_column]
             try:
-                rows = pq.read_table(path, columns=columns)
+                rows = pq.read_table(
+                    path, columns=columns, filters=pc.field(spec.time_column) >= floor
+                )
             except (OSError, pa.ArrowException):
                 continue
             if not rows.num_rows:
