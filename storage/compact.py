@@ -59,6 +59,7 @@ __all__ = [
     "PartitionCompacted",
     "compact_dataset",
     "content_checksum",
+    "describe",
     "repair_compactions",
 ]
 

@@ -598,3 +598,10 @@ def describe_tables(indicator_columns: Sequence[str]) -> str:
 # pyarrow imports pandas lazily on its first list conversion (0.5 s of file I/O); do it at import,
 # before the event loop runs, instead of inside the first symbol task.
 pa.array([0])
+
+
+if __name__ == "__main__":  # pragma: no cover -- `python -m storage.schemas` regenerates the docs
+    from ingest.config import PipelineSettings
+    from ingest.pipeline import indicator_columns
+
+    print(describe_tables(indicator_columns(PipelineSettings())))

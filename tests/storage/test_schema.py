@@ -49,7 +49,8 @@ class TestOnePlace:
         match = re.search(r"<!-- tables:begin -->\n(.*)<!-- tables:end -->", text, re.S)
         assert match is not None
         expected = describe_tables(indicator_columns(PipelineSettings()))
-        assert match.group(1).strip() == expected.strip(), "regenerate: see docs/schema.md"
+        regenerate = "regenerate with: python -m storage.schemas"
+        assert match.group(1).strip() == expected.strip(), regenerate
 
     def test_keys_and_watermark_are_columns(self) -> None:
         """Every de-duplication key names a column of its table."""
