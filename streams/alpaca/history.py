@@ -15,6 +15,7 @@ Items come back as Alpaca wire messages (`T` and `S` added) decoded by the strea
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,8 @@ PAGE_LIMIT: Final = 10_000
 NEWS_PAGE_LIMIT: Final = 50
 RETRY_AFTER_LIMIT: Final = 300.0
 """The longest `Retry-After` honoured as given (seconds)."""
+REQUEST_TIMEOUT: Final = 30.0
+"""Seconds a REST request may take (connect and each read); then it counts as failed."""
 ATTEMPTS: Final = 8
 """A page is asked at most this many times (429s and 5xx) before its request is given up."""
 
@@ -212,6 +215,9 @@ class HistoryClient:
             else:
                 made = NewsClient(key, secret, raw_data=True, url_override=url)
             made._retry = 0  # 429 is retried here, honouring Retry-After (see the docstring)
+            # alpaca-py sets no timeout: a silent server would hold the worker thread for ever.
+            session = made._session
+            session.request = functools.partial(session.request, timeout=REQUEST_TIMEOUT)  # type: ignore[method-assign]
             client = self._clients[stream] = made
         return client
 
@@ -300,7 +306,10 @@ class HistoryClient:
         async for attempt in retrying:
             with attempt:
                 await self.pacer.slot()
-                return await anyio.to_thread.run_sync(_call, client, path, query)
+                # A stop does not wait for a request in flight; its thread ends by the timeout.
+                return await anyio.to_thread.run_sync(
+                    _call, client, path, query, abandon_on_cancel=True
+                )
         raise AssertionError  # pragma: no cover -- reraise=True returns or raises above
 
     def _before_retry(self, retry_state: RetryCallState) -> None:
