@@ -26,13 +26,16 @@ import structlog
 from ingest import __version__
 from ingest.config import STREAMS
 from ingest.intake import StreamIntake, close_journals, create_segment_writer
+from ingest.ledger import DaemonLedger
 from ingest.live import LiveHub
 from ingest.metrics import Metrics
 from ingest.pipeline import SymbolPipeline, indicator_columns
 from ingest.router import BarListener, PipelineFactory, StreamRouter
+from ingest.screen import quarantine_refused
 from ingest.sdnotify import Notifier, run_watchdog
 from ingest.server import serve
 from ingest.state import DaemonState
+from ingest.warmup import load_warmup
 from storage.compact import repair_compactions
 from storage.dedup import DERIVED_TABLES, DedupFilter
 from storage.journal import probe_journal
@@ -45,6 +48,7 @@ from storage.parquet import (
 )
 from storage.quarantine import Quarantine
 from storage.recovery import recover_journal
+from streams.base import SupportsBarHistory, SupportsLedger
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -52,13 +56,15 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ingest.config import Settings, StreamName
-    from streams.base import FrameSink, Source
+    from streams.base import Frame, FrameSink, Source
 
 __all__ = ["RunResult", "run_daemon"]
 
 log = structlog.get_logger("app")
 
 PROGRESS_SECONDS: Final = 30.0
+SAMPLE_SECONDS: Final = 1.0
+"""How often the queue-depth gauges are refreshed."""
 
 
 @dataclass(slots=True)
@@ -92,6 +98,7 @@ async def run_daemon(
     notifier: Notifier | None = None,
     handle_signals: bool = False,
     progress_seconds: float = PROGRESS_SECONDS,
+    sample_seconds: float = SAMPLE_SECONDS,
 ) -> RunResult:
     """Run until `stop` is set, `duration` elapses, a signal arrives, or the source ends.
 
@@ -198,6 +205,7 @@ async def run_daemon(
                 indicator_columns=indicators,
                 metrics=metrics,
                 admission=dedup.admission,
+                on_refused=quarantine_refused(quarantine, metrics),
             ) as dataset:
                 routers = {stream: make_router(stream, dataset) for stream in streams}
                 intakes = {
@@ -214,10 +222,22 @@ async def run_daemon(
                 }
                 dataset.on_sealed = lambda stream: intakes[stream].notify_sealed()
                 state.attach(routers)
+                if isinstance(source, SupportsLedger):
+                    ledger = DaemonLedger(settings, routers, intakes, dataset, indicators)
+                    await anyio.to_thread.run_sync(
+                        ledger.seed, root, streams, settings.alpaca.backfill_max_gap
+                    )
+                    source.ledger = ledger
+                history = source if isinstance(source, SupportsBarHistory) else None
+                for stream, router in routers.items():
+                    symbols = settings.streams[stream].symbols
+                    router.warmup = await load_warmup(settings, stream, symbols, history)
                 async with anyio.create_task_group() as stream_groups:
                     for router in routers.values():
                         await stream_groups.start(router.run)
-                    stream_groups.start_soon(_sample_queues, routers, metrics, stop)
+                    stream_groups.start_soon(
+                        _sample_queues, routers, intakes, dataset, metrics, stop, sample_seconds
+                    )
                     stream_groups.start_soon(
                         _report_progress,
                         routers,
@@ -231,7 +251,7 @@ async def run_daemon(
                         for intake in intakes.values():
                             await intake_group.start(intake.run)
                         sinks: Mapping[StreamName, FrameSink] = {
-                            s: i.put for s, i in intakes.items()
+                            s: _timed(i.put, metrics, s) for s, i in intakes.items()
                         }
                         await _run_source(source, sinks, stop, ready)
                         state.stopping = True
@@ -324,14 +344,39 @@ async def _stop_on_signals(stop: anyio.Event, root: anyio.CancelScope) -> None:
 
 
 async def _sample_queues(
-    routers: Mapping[StreamName, StreamRouter], metrics: Metrics, stop: anyio.Event
+    routers: Mapping[StreamName, StreamRouter],
+    intakes: Mapping[StreamName, StreamIntake],
+    dataset: Dataset,
+    metrics: Metrics,
+    stop: anyio.Event,
+    every: float,
 ) -> None:
-    """Keep the queue-depth gauges a second fresh without touching the hot path."""
+    """Keep the queue-depth gauges `every` seconds fresh without touching the hot path."""
     while not stop.is_set():
         for stream, router in routers.items():
             metrics.queue_depth.set(router.queue_depth(), stream)
-        with anyio.move_on_after(1.0):
+            metrics.intake_depth.set(intakes[stream].depth, stream)
+        for (stream, table), writer in list(dataset.writers.items()):
+            metrics.writer_buffered.set(writer.buffered_rows, stream, table)
+        with anyio.move_on_after(every):
             await stop.wait()
+
+
+def _timed(sink: FrameSink, metrics: Metrics, stream: StreamName) -> FrameSink:
+    """`sink`, counting how long each hand-over waits: backpressure felt by the source."""
+
+    async def put(frame: Frame) -> None:
+        started = time.perf_counter()
+        await sink(frame)
+        waited = time.perf_counter() - started
+        if waited > _BLOCKED_NOTICE:
+            metrics.source_blocked.inc(stream, amount=waited)
+
+    return put
+
+
+_BLOCKED_NOTICE: Final = 0.001
+"""Hand-overs faster than this are not waits, just work (not counted as blocked)."""
 
 
 async def _report_progress(

@@ -173,7 +173,12 @@ def _source(
     from streams.replay import ReplaySource
 
     default: StreamName = settings.ingest.streams[0] if args.streams else "stocks"
-    return ReplaySource(args.replay, speed=_speed(args.speed), default_stream=default)
+    return ReplaySource(
+        args.replay,
+        speed=_speed(args.speed),
+        default_stream=default,
+        max_frame_bytes=settings.alpaca.max_frame_bytes,
+    )
 
 
 def _check_run_args(settings: Settings, args: argparse.Namespace) -> None:

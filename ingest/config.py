@@ -113,6 +113,10 @@ class PipelineSettings:
     momentum: int = 10
     zscore: int = 20
     anomaly: AnomalySettings = AnomalySettings()
+    warmup: bool = True
+    """Warm each symbol's bar series up from history at start (`ingest.warmup`)."""
+    correction_window: int = 10_000
+    """Stock trades remembered per symbol, so corrections and cancels can restate open bars."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,12 @@ class AlpacaSettings:
     backoff_max_seconds: float = 60.0
     connection_limit_backoff_seconds: float = 120.0
     rest_requests_per_minute: int = 200
+    backfill: bool = True
+    """After every (re)connect, fill the gap from REST history (`streams.alpaca.backfill`)."""
+    backfill_max_gap: float = 3600.0
+    """The longest gap filled, in seconds; an older start is moved up (and logged)."""
+    max_frame_bytes: int = 4 * 1024 * 1024
+    """Longer frames are quarantined whole (`oversized_frame`); 4x this closes the socket."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +434,11 @@ def _alpaca(raw: _Section) -> AlpacaSettings:
         rest_requests_per_minute=raw.take(
             "rest_requests_per_minute", lambda k, v: _int(k, v, 1), d.rest_requests_per_minute
         ),
+        backfill=raw.take("backfill", _bool, d.backfill),
+        backfill_max_gap=raw.take("backfill_max_gap", parse_duration, d.backfill_max_gap),
+        max_frame_bytes=raw.take(
+            "max_frame_bytes", lambda k, v: _int(k, v, 1024), d.max_frame_bytes
+        ),
     )
     raw.finish(_known(AlpacaSettings))
     return settings
@@ -485,6 +500,10 @@ def _pipeline(raw: _Section) -> PipelineSettings:
         momentum=raw.take("momentum", lambda k, v: _int(k, v, 1), d.momentum),
         zscore=raw.take("zscore", window, d.zscore),
         anomaly=raw.take("anomaly", _anomaly, d.anomaly),
+        warmup=raw.take("warmup", _bool, d.warmup),
+        correction_window=raw.take(
+            "correction_window", lambda k, v: _int(k, v, 0), d.correction_window
+        ),
     )
     raw.finish(_known(PipelineSettings))
     return settings

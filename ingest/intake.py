@@ -89,7 +89,7 @@ class StreamIntake:
         if frame.recv_ns <= self._last_ns:
             _restamp(frame, self._last_ns + 1)  # equal or backwards clock: keep ids unique
         self._last_ns = frame.recv_ns
-        if self._dedup is not None and self._dedup.active(self.stream):
+        if self._dedup is not None and not frame.backfilled and self._dedup.active(self.stream):
             filtered = self._dedup.filter_frame(frame)  # counts what it drops
             if filtered is None:
                 return
@@ -118,6 +118,11 @@ class StreamIntake:
     def notify_sealed(self) -> None:
         """A writer of this stream sealed rows: journal segments may now be covered."""
         self._sealed.set()
+
+    @property
+    def depth(self) -> int:
+        """Frames accepted and waiting for the journal (bounded by `queue_size`)."""
+        return len(self._pending)
 
     def oldest_ns(self) -> int | None:
         """Receive time of the oldest frame accepted here but not yet delivered."""

@@ -226,7 +226,14 @@ class Metrics:
     )
     dropped: Counter = field(
         default_factory=lambda: Counter(
-            "ingest_dropped_total", "Batches dropped by the drop backpressure policy.", ("stream",)
+            "ingest_dropped_total", "Messages dropped by the drop backpressure policy.", ("stream",)
+        )
+    )
+    corrections: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_corrections_total",
+            "Trade corrections and cancels, by what they did to the bars (ingest.corrections).",
+            ("stream", "kind", "applied"),
         )
     )
     reconnects: Counter = field(
@@ -274,6 +281,27 @@ class Metrics:
             "ingest_queue_depth", "Batches waiting in a stream's symbol queues.", ("stream",)
         )
     )
+    intake_depth: Gauge = field(
+        default_factory=lambda: Gauge(
+            "ingest_intake_depth",
+            "Frames waiting in a stream's intake for the journal (bound: storage.queue_size).",
+            ("stream",),
+        )
+    )
+    writer_buffered: Gauge = field(
+        default_factory=lambda: Gauge(
+            "ingest_writer_buffered_rows",
+            "Rows buffered in a table writer, not yet sealed (bound: 4 x storage.roll_rows).",
+            ("stream", "table"),
+        )
+    )
+    source_blocked: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_source_blocked_seconds_total",
+            "Seconds a source (the socket reader) waited to hand a frame on: backpressure.",
+            ("stream",),
+        )
+    )
     connected: Gauge = field(
         default_factory=lambda: Gauge(
             "ingest_stream_connected", "1 when the stream's source is connected.", ("stream",)
@@ -308,6 +336,13 @@ class Metrics:
             ("stream", "table"),
         )
     )
+    backfill_failures: Counter = field(
+        default_factory=lambda: Counter(
+            "ingest_backfill_failures_total",
+            "Gaps whose REST back-fill gave up (requests kept failing); see the logs.",
+            ("stream",),
+        )
+    )
     live_clients: Gauge = field(
         default_factory=lambda: Gauge("ingest_live_clients", "Connected /live WebSocket clients.")
     )
@@ -332,6 +367,7 @@ class Metrics:
             self.quarantined,
             self.symbol_failures,
             self.dropped,
+            self.corrections,
             self.reconnects,
             self.storage_errors,
             self.deduplicated,
@@ -339,11 +375,15 @@ class Metrics:
             self.recovered,
             self.torn_tails,
             self.queue_depth,
+            self.intake_depth,
+            self.writer_buffered,
+            self.source_blocked,
             self.connected,
             self.latency,
             self.pipeline_latency,
             self.seal_latency,
             self.backfilled,
+            self.backfill_failures,
             self.live_clients,
             self.live_dropped,
             self.live_bars,

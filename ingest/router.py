@@ -15,30 +15,49 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import anyio
+import numpy as np
+import pyarrow as pa
 import structlog
 
 from ingest.batch import SymbolBatch, build_batches
 from ingest.config import PipelineSettings, Settings, StreamName
+from ingest.corrections import TradeMemory, apply_correction
 from ingest.pipeline import PipelineOutput, SymbolPipeline
+from ingest.screen import parseable_timestamps, screen_frame
 from storage.parquet import SEAL_GRACE_SECONDS, Dataset
-from storage.schemas import table_for
-from streams.messages import AnyMessage, CryptoTrade, NewsArticle, OptionTrade, StockTrade
+from storage.schemas import parse_timestamps, table_for
+from streams.messages import (
+    AnyMessage,
+    CancelError,
+    Correction,
+    CryptoTrade,
+    NewsArticle,
+    OptionTrade,
+    StockTrade,
+)
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from ingest.metrics import Metrics
+    from ingest.warmup import Warmup
     from storage.quarantine import Quarantine
     from streams.base import Frame
 
 __all__ = ["BarListener", "PipelineFactory", "StreamRouter", "SymbolState"]
 
 log = structlog.get_logger("router")
+
+_T = attrgetter("t")
+_STAMP = {"articles": attrgetter("created_at")}
+_CORRECTIONS = ("corrections", "cancels")
 
 Tables = dict[str, list[AnyMessage]]
 _UNKNOWN: Final = "?"
@@ -74,6 +93,8 @@ class SymbolState:
     last_event_ns: int = 0
     last_recv_ns: int = 0
     failures: int = 0
+    seen: dict[str, str] = field(default_factory=dict)
+    """Per table, the newest event time (RFC 3339 text) taken: where a back-fill starts."""
 
 
 class StreamRouter:
@@ -112,6 +133,8 @@ class StreamRouter:
         self._room = anyio.Event()
         """Set by each flush: wakes a `deliver` waiting for the pending batches to shrink."""
         self._tables: dict[type, str | None] = {}
+        self.warmup: Warmup = {}
+        """Closes each symbol's series start from (`ingest.warmup`); set before `run`."""
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -164,6 +187,7 @@ class StreamRouter:
         The common case never awaits: the messages join the pending batches and the flusher is
         woken. Only quarantine writes and a full pending set wait, shielded from cancellation.
         """
+        frame = screen_frame(frame)
         if self._pending_since is None:
             self._pending_since = frame.recv_ns
         self._split(frame.messages)
@@ -249,18 +273,23 @@ class StreamRouter:
     ) -> None:
         with structlog.contextvars.bound_contextvars(stream=self.stream, symbol=symbol):
             pipeline = self._factory(symbol, self._settings.pipeline)
+            history = self.warmup.pop(symbol, None)
+            if history:
+                pipeline.warm_up(history)
+            memory = self._memory()
             inflight = self._inflight[symbol]
             async with receive:
                 async for batch in receive:
                     batches = 1 + _drain_into(batch, receive)
                     try:
-                        await self._process(symbol, pipeline, batch)
+                        await self._process(symbol, pipeline, batch, memory)
                     except Exception:
                         # Supervisor boundary: one symbol's bug must not stop its siblings.
                         log.exception("symbol_task_failed")
                         self._metrics.symbol_failures.inc(self.stream)
                         self.symbols[symbol].failures += 1
                         pipeline = self._factory(symbol, self._settings.pipeline)
+                        memory = self._memory()
                     finally:
                         for _ in range(batches):
                             inflight.popleft()
@@ -274,22 +303,115 @@ class StreamRouter:
                     log.exception("symbol_flush_failed")
                     self._metrics.symbol_failures.inc(self.stream)
 
-    async def _process(self, symbol: str, pipeline: SymbolPipeline, batch: SymbolBatch) -> None:
-        for table, records in batch.tables.items():
+    def _memory(self) -> TradeMemory | None:
+        """Stock trades are remembered for corrections and cancels; other streams have none."""
+        if self.stream != "stocks" or not self._settings.pipeline.correction_window:
+            return None
+        return TradeMemory(self._settings.pipeline.correction_window)
+
+    async def _process(
+        self,
+        symbol: str,
+        pipeline: SymbolPipeline,
+        batch: SymbolBatch,
+        memory: TradeMemory | None = None,
+    ) -> None:
+        tables = batch.tables
+        in_order = memory is not None and any(t in tables for t in _CORRECTIONS)
+        if in_order:
+            assert memory is not None
+            await self._correct_in_order(symbol, pipeline, memory, tables)
+        state = self.symbols[symbol]
+        seen = state.seen
+        for table, records in tables.items():
             await self._dataset.writer(self.stream, table).put(records)
             self._metrics.messages.inc(self.stream, table, amount=len(records))
-        state = self.symbols[symbol]
+            # A lower bound of the newest stamp, O(1) a batch: the batch's last (canonical RFC
+            # 3339 UTC text sorts like time). A back-fill checks every row from there on.
+            last = _STAMP.get(table, _T)(records[-1])
+            if last > seen.get(table, ""):
+                seen[table] = last
         state.messages += batch.count
         state.last_recv_ns = batch.newest_recv_ns()
-        if "trades" in batch.tables:
-            ts, price, size = batch.trade_columns()
-            state.last_event_ns = int(ts.max())
-            output = pipeline.on_trades(ts, price, size)
-            lag = (time.time_ns() - state.last_event_ns) / 1e9
-            self._metrics.latency.observe(lag, self.stream, count=len(ts))
-            await self._emit(output, state.last_recv_ns)
+        trades = cast("list[Trade] | None", tables.get("trades"))
+        if trades and not in_order:
+            if batch.ts is None:  # the flush's bulk parse failed: sort it out per trade
+                await self._feed(symbol, pipeline, memory, trades)
+            else:
+                await self._feed_columns(
+                    symbol, pipeline, memory, trades, batch.ts, batch.price, batch.size
+                )
         latency = (time.time_ns() - batch.oldest_recv_ns()) / 1e9
         self._metrics.pipeline_latency.observe(latency, self.stream)
+
+    async def _feed(
+        self,
+        symbol: str,
+        pipeline: SymbolPipeline,
+        memory: TradeMemory | None,
+        trades: list[Trade],
+    ) -> None:
+        """Run trades given as messages through the pipeline."""
+        if not trades:
+            return
+        try:
+            ts = parse_timestamps([t.t for t in trades]).cast(pa.int64()).to_numpy()
+        except pa.ArrowInvalid:
+            # The writer quarantines the unparseable ones; the pipeline goes on without them.
+            ok = parseable_timestamps([t.t for t in trades])
+            trades = [t for t, good in zip(trades, ok.tolist(), strict=True) if good]
+            if not trades:
+                return
+            ts = parse_timestamps([t.t for t in trades]).cast(pa.int64()).to_numpy()
+        price = np.fromiter((t.p for t in trades), np.float64, len(trades))
+        size = np.fromiter((t.s for t in trades), np.float64, len(trades))
+        await self._feed_columns(symbol, pipeline, memory, trades, ts, price, size)
+
+    async def _feed_columns(
+        self,
+        symbol: str,
+        pipeline: SymbolPipeline,
+        memory: TradeMemory | None,
+        trades: list[Trade],
+        ts: npt.NDArray[np.int64],
+        price: npt.NDArray[np.float64],
+        size: npt.NDArray[np.float64],
+    ) -> None:
+        """Run trades through the pipeline (and remember stock trades for corrections)."""
+        state = self.symbols[symbol]
+        state.last_event_ns = int(ts.max())
+        if memory is not None:
+            memory.remember(pipeline.trades_seen, cast("list[StockTrade]", trades), ts, price, size)
+        output = pipeline.on_trades(ts, price, size)
+        lag = (time.time_ns() - state.last_event_ns) / 1e9
+        self._metrics.latency.observe(lag, self.stream, count=len(ts))
+        await self._emit(output, trades[-1].recv_ns)
+
+    async def _correct_in_order(
+        self,
+        symbol: str,
+        pipeline: SymbolPipeline,
+        memory: TradeMemory,
+        tables: dict[str, list[AnyMessage]],
+    ) -> None:
+        """A batch with corrections, in arrival order: each fix sees the bars as they were.
+
+        Records are grouped by table, so arrival order is rebuilt from receive times (a stable
+        sort: within one frame, trades come before the corrections received with them).
+        """
+        merged = [m for t in ("trades", *_CORRECTIONS) for m in tables.get(t, [])]
+        merged.sort(key=attrgetter("recv_ns"))
+        pending: list[Trade] = []
+        for message in merged:
+            if isinstance(message, StockTrade):
+                pending.append(message)
+            elif isinstance(message, Correction | CancelError):
+                await self._feed(symbol, pipeline, memory, pending)
+                pending = []
+                message.applied = apply_correction(pipeline, memory, message)
+                kind = "correction" if isinstance(message, Correction) else "cancel"
+                self._metrics.corrections.inc(self.stream, kind, message.applied)
+        await self._feed(symbol, pipeline, memory, pending)
 
     async def _emit(self, output: PipelineOutput, recv_ns: int) -> None:
         if output.bars:

@@ -32,10 +32,11 @@ import structlog
 from ingest.errors import StorageError
 from ingest.metrics import Metrics
 from storage.atomic import fsync_dir, table_lock
+from storage.refusals import CONVERSION_ERRORS, Refused, convert_or_refuse
 from storage.schemas import SYMBOL, TableSpec, table_spec
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable
     from pathlib import Path
 
     import numpy as np
@@ -190,6 +191,8 @@ class _Sealed:
     remaining: list[tuple[str, pa.Table]] = field(default_factory=list)
     remaining_oldest: int | None = None
     error: str = ""
+    refused: Refused = field(default_factory=list)
+    """Records the table could not convert, for the quarantine."""
 
 
 def _recv_of(record: Any) -> int:
@@ -210,8 +213,10 @@ class TableWriter:
         metadata: dict[str, str],
         metrics: Metrics,
         on_sealed: Callable[[StreamName], None] | None = None,
+        on_refused: Callable[[StreamName, str, Refused], Awaitable[None]] | None = None,
     ) -> None:
         self.stream = stream
+        self._on_refused = on_refused
         self._metrics = metrics
         self.spec = spec
         self.stats = WriterStats()
@@ -231,6 +236,15 @@ class TableWriter:
         self._seal_lock = anyio.Lock()
         self._closing = False
         self._high_water = max(4 * settings.roll_rows, 10_000)
+
+    def buffered_records(self) -> list[Any]:
+        """A copy of the records put but not yet handed to a seal (a back-fill's overlap check)."""
+        return list(self._buffer)
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows put but not yet handed to a seal (bounded by the high-water mark)."""
+        return len(self._buffer)
 
     @property
     def oldest_unsealed_ns(self) -> int | None:
@@ -305,6 +319,15 @@ class TableWriter:
             # Should converting raise (a bug), "sealing" stays set: the journal keeps the frames.
             result = await anyio.to_thread.run_sync(self._write, records)
             self._oldest["sealing"] = None
+            if result.refused:
+                log.warning(
+                    "records_refused",
+                    stream=self.stream,
+                    table=self.spec.name,
+                    count=len(result.refused),
+                )
+                if self._on_refused is not None:
+                    await self._on_refused(self.stream, self.spec.name, result.refused)
             return self._account(result)
 
     def _account(self, result: _Sealed) -> bool:
@@ -334,10 +357,18 @@ class TableWriter:
         return not result.remaining
 
     def _write(self, records: list[Any]) -> _Sealed:
-        """Convert, sort, split by date and seal."""
-        table = self.spec.to_table(records)
+        """Convert, sort, split by date and seal; records that do not convert are refused."""
+        try:
+            table: pa.Table | None = self.spec.to_table(records)
+            refused: Refused = []
+        except CONVERSION_ERRORS:
+            table, refused = convert_or_refuse(self.spec, records)
+        if table is None:
+            return _Sealed(refused=refused)
         table = prepare(table, self.spec).replace_schema_metadata(self._metadata)
-        return self._write_parts(split_by_date(table, self.spec.time_column))
+        result = self._write_parts(split_by_date(table, self.spec.time_column))
+        result.refused = refused
+        return result
 
     def _write_parts(self, parts: list[tuple[str, pa.Table]]) -> _Sealed:
         """Seal date parts in order; stop at the first failure and hand back what is left."""
@@ -389,6 +420,8 @@ class Dataset:
     """Told after any writer sealed rows (the journal then deletes covered segments)."""
     admission: Callable[[StreamName, TableSpec], Admission | None] | None = None
     """Gives each writer its `admit` filter when it is created (crash recovery)."""
+    on_refused: Callable[[StreamName, str, Refused], Awaitable[None]] | None = None
+    """Takes the records a table could not convert (the quarantine)."""
 
     def writer(self, stream: StreamName, table: str) -> TableWriter:
         """The writer of `stream/table`, started on first use."""
@@ -405,6 +438,7 @@ class Dataset:
                 metadata=self.metadata,
                 metrics=self.metrics,
                 on_sealed=self._sealed,
+                on_refused=self.on_refused,
             )
             if self.admission is not None:
                 writer.admit = self.admission(stream, spec)
@@ -438,8 +472,12 @@ async def open_dataset(
     indicator_columns: Sequence[str],
     metrics: Metrics | None = None,
     admission: Callable[[StreamName, TableSpec], Admission | None] | None = None,
+    on_refused: Callable[[StreamName, str, Refused], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Dataset]:
-    """A dataset whose writers all seal their buffers when the block exits, however it exits."""
+    """A dataset whose writers all seal their buffers when the block exits, however it exits.
+
+    Records a table cannot convert are handed to `on_refused` (the quarantine) after each seal.
+    """
     await anyio.to_thread.run_sync(_check_writable, root)
     async with anyio.create_task_group() as group:
         dataset = Dataset(
@@ -451,6 +489,7 @@ async def open_dataset(
             metrics or Metrics(),
             group,
             admission=admission,
+            on_refused=on_refused,
         )
         try:
             yield dataset

@@ -78,9 +78,18 @@ _OCC_FIELDS: Final[list[tuple[str, pa.DataType]]] = [
 ]
 
 
-def _schema(fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
+def _schema(
+    fields: list[tuple[str, pa.DataType]], added: list[tuple[str, pa.DataType]] | None = None
+) -> pa.Schema:
+    """symbol, ts, `fields`, recv_ts, then `added`: columns added later go at the end."""
     head = [("symbol", SYMBOL), ("ts", TIMESTAMP)]
-    return pa.schema([*head, *fields, ("recv_ts", TIMESTAMP)])
+    return pa.schema([*head, *fields, ("recv_ts", TIMESTAMP), *(added or [])])
+
+
+_BACKFILLED: Final[list[tuple[str, pa.DataType]]] = [("backfilled", pa.bool_())]
+"""True for a row recovered from REST history after a gap (issue 6), false when received live."""
+_APPLIED: Final[list[tuple[str, pa.DataType]]] = [("applied", pa.string())]
+"""What a correction or cancel did to the bars (`ingest.corrections`)."""
 
 
 TRADES: Final = _schema(
@@ -92,7 +101,8 @@ TRADES: Final = _schema(
         ("conditions", STRINGS),
         ("tape", pa.string()),
         ("taker_side", pa.string()),
-    ]
+    ],
+    _BACKFILLED,
 )
 QUOTES: Final = _schema(
     [
@@ -104,13 +114,18 @@ QUOTES: Final = _schema(
         ("ask_exchange", pa.string()),
         ("conditions", STRINGS),
         ("tape", pa.string()),
-    ]
+    ],
+    _BACKFILLED,
 )
 OPTION_TRADES: Final = pa.schema(
-    [*TRADES][:-1] + [pa.field(n, t) for n, t in _OCC_FIELDS] + [TRADES.field("recv_ts")]
+    [*TRADES][:-2]
+    + [pa.field(n, t) for n, t in _OCC_FIELDS]
+    + [TRADES.field("recv_ts"), TRADES.field("backfilled")]
 )
 OPTION_QUOTES: Final = pa.schema(
-    [*QUOTES][:-1] + [pa.field(n, t) for n, t in _OCC_FIELDS] + [QUOTES.field("recv_ts")]
+    [*QUOTES][:-2]
+    + [pa.field(n, t) for n, t in _OCC_FIELDS]
+    + [QUOTES.field("recv_ts"), QUOTES.field("backfilled")]
 )
 VENDOR_BARS: Final = _schema(
     [
@@ -122,7 +137,8 @@ VENDOR_BARS: Final = _schema(
         ("volume", pa.float64()),
         ("trade_count", pa.int64()),
         ("vwap", pa.float64()),
-    ]
+    ],
+    _BACKFILLED,
 )
 STATUSES: Final = _schema(
     [
@@ -153,7 +169,8 @@ CORRECTIONS: Final = _schema(
         ("corr_size", pa.float64()),
         ("corr_conditions", STRINGS),
         ("tape", pa.string()),
-    ]
+    ],
+    _APPLIED,
 )
 CANCELS: Final = _schema(
     [
@@ -163,7 +180,8 @@ CANCELS: Final = _schema(
         ("size", pa.float64()),
         ("action", pa.string()),
         ("tape", pa.string()),
-    ]
+    ],
+    _APPLIED,
 )
 IMBALANCES: Final = _schema([("price", pa.float64()), ("tape", pa.string())])
 ORDERBOOKS: Final = _schema([("bids", LEVELS), ("asks", LEVELS), ("reset", pa.bool_())])
@@ -190,6 +208,7 @@ _ARTICLE_FIELDS: Final[
     ("updated_at", TIMESTAMP),
     ("content", pa.string()),
     ("recv_ts", TIMESTAMP),
+    *_BACKFILLED,
 ]
 ARTICLES: Final = pa.schema(_ARTICLE_FIELDS)
 
@@ -201,7 +220,12 @@ Column = str | Callable[[Sequence[Any]], Any] | None
 
 
 def _market(schema: pa.Schema, columns: dict[str, Column]) -> Converter:
-    """A converter for records with `S` and `t`: symbol, ts and recv_ts plus `columns`."""
+    """A converter for records with `S` and `t`: symbol, ts and recv_ts plus `columns`.
+
+    A schema with a `backfilled` column takes it from the records' `backfilled` flag.
+    """
+    if "backfilled" in schema.names:
+        columns = {**columns, "backfilled": "backfilled"}
     attributes = {
         name: attrgetter(source) for name, source in columns.items() if isinstance(source, str)
     }
@@ -227,6 +251,11 @@ def _market(schema: pa.Schema, columns: dict[str, Column]) -> Converter:
 _SYMBOL: Final = attrgetter("S")
 _TIME: Final = attrgetter("t")
 _RECV: Final = attrgetter("recv_ns")
+
+
+def _applied(rs: Sequence[Any]) -> list[str | None]:
+    """What a correction or cancel did to the bars (`ingest.corrections`); null if not judged."""
+    return [r.applied or None for r in rs]
 
 
 def _one_condition(rs: Sequence[Any]) -> list[list[str]]:
@@ -343,11 +372,20 @@ _corrections = _market(
         "corr_size": "cs",
         "corr_conditions": "cc",
         "tape": "z",
+        "applied": _applied,
     },
 )
 _cancels = _market(
     CANCELS,
-    {"trade_id": "i", "exchange": "x", "price": "p", "size": "s", "action": "a", "tape": "z"},
+    {
+        "trade_id": "i",
+        "exchange": "x",
+        "price": "p",
+        "size": "s",
+        "action": "a",
+        "tape": "z",
+        "applied": _applied,
+    },
 )
 _imbalances = _market(IMBALANCES, {"price": "p", "tape": "z"})
 
@@ -376,6 +414,7 @@ def _articles(rs: Sequence[m.NewsArticle]) -> pa.Table:
             "created_at": parse_timestamps([r.created_at for r in rs]),
             "updated_at": parse_timestamps([r.updated_at for r in rs]),
             "content": [r.content for r in rs],
+            "backfilled": [r.backfilled for r in rs],
             "recv_ts": pa.array([r.recv_ns for r in rs], TIMESTAMP),
         },
     )
@@ -505,7 +544,8 @@ def bars_spec(indicator_columns: Sequence[str]) -> TableSpec:
             *[(name, pa.float64()) for name in indicator_columns],
             ("session_vwap", pa.float64()),
             ("trend", pa.string()),
-        ]
+        ],
+        [("corrections", pa.int32())],  # trade corrections applied while the bar was open
     )
     return TableSpec("bars", schema, _rows(schema), keys=BAR_KEYS)
 

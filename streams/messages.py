@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTROL_TYPES",
+    "MAX_VALUE",
+    "REASONS",
     "AnyMessage",
     "CancelError",
     "ControlMessage",
@@ -53,7 +55,12 @@ __all__ = [
     "format_msgpack_timestamp",
 ]
 
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+MAX_VALUE: Final = 1e15
+"""Largest price or size accepted: far above any real one, small enough that sums stay finite."""
+NonNegative = Annotated[float, msgspec.Meta(ge=0, le=MAX_VALUE)]
+"""A price or size: finite and in [0, 1e15] (NaN, infinities and negatives are refused)."""
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""An id or count that must fit the int64 columns it lands in."""
 Symbol = Annotated[str, msgspec.Meta(min_length=1)]
 
 
@@ -66,6 +73,9 @@ class _Message(msgspec.Struct, tag_field="T", kw_only=True, gc=False):
 
     recv_ns: int = 0
     """Set by the receiving source, never read from the wire."""
+    backfilled: bool = False
+    """Recovered from REST history after a gap rather than received live (set by the back-fill,
+    kept through the journal)."""
 
 
 class _Market(_Message, kw_only=True):
@@ -79,7 +89,7 @@ class _Market(_Message, kw_only=True):
 class StockTrade(_Market, tag="t", kw_only=True):
     """A stock trade."""
 
-    i: int
+    i: Int64
     x: str
     p: NonNegative
     s: NonNegative
@@ -108,7 +118,7 @@ class MinuteBar(_Market, tag="b", kw_only=True):
     l: NonNegative  # noqa: E741 -- Alpaca's wire name
     c: NonNegative
     v: NonNegative
-    n: int = 0
+    n: Int64 = 0
     vw: NonNegative = 0.0
 
 
@@ -143,26 +153,30 @@ class Correction(_Market, tag="c", kw_only=True):
     """A trade correction: the original and the corrected trade."""
 
     x: str
-    oi: int
+    oi: Int64
     op: NonNegative
     os: NonNegative
     oc: list[str] = []
-    ci: int
+    ci: Int64
     cp: NonNegative
     cs: NonNegative
     cc: list[str] = []
     z: str = ""
+    applied: str = ""
+    """What it did to the bars (`ingest.corrections`); set by the daemon, never on the wire."""
 
 
 class CancelError(_Market, tag="x", kw_only=True):
     """A trade cancel (`a` = C) or error (`a` = E)."""
 
-    i: int
+    i: Int64
     x: str
     p: NonNegative
     s: NonNegative
     a: str
     z: str = ""
+    applied: str = ""
+    """What it did to the bars (`ingest.corrections`); set by the daemon, never on the wire."""
 
 
 class Imbalance(_Market, tag="i", kw_only=True):
@@ -178,7 +192,7 @@ class Imbalance(_Market, tag="i", kw_only=True):
 class CryptoTrade(_Market, tag="t", kw_only=True):
     """A crypto trade; `tks` is the taker side (B/S)."""
 
-    i: int
+    i: Int64
     p: NonNegative
     s: NonNegative
     tks: str = ""
@@ -238,7 +252,7 @@ class OptionQuote(_Market, tag="q", kw_only=True):
 class NewsArticle(_Message, tag="n", kw_only=True):
     """A news article; routed by its `symbols`."""
 
-    id: int
+    id: Int64
     headline: str = ""
     summary: str = ""
     author: str = ""
@@ -309,13 +323,28 @@ _UNIONS: Final[dict[StreamName, object]] = {
 }
 
 
+REASONS: Final = (
+    "oversized_frame",
+    "malformed_frame",
+    "missing_type",
+    "unknown_type",
+    "missing_field",
+    "wrong_type",
+    "bad_value",
+    "bad_timestamp",
+    "absurd_timestamp",
+    "invalid_message",
+)
+"""Every reason a frame or message is quarantined for (the `reason` label of the metric)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Reject:
     """A message (or a whole frame) the decoder refused, kept for quarantine."""
 
     raw: bytes
     reason: str
-    """A short, stable reason class: `malformed_frame`, `unknown_type`, `invalid_message`."""
+    """A short, stable reason class, one of `REASONS`."""
     detail: str
 
 
@@ -333,6 +362,8 @@ _TIMESTAMP_EXT: Final = -1
 _U32: Final = struct.Struct(">I")
 _U64: Final = struct.Struct(">Q")
 _U32_I64: Final = struct.Struct(">Iq")
+_YEAR_1: Final = -62_135_596_800
+_YEAR_10000: Final = 253_402_300_800
 
 
 def format_msgpack_timestamp(ext: msgspec.msgpack.Ext) -> str:
@@ -357,6 +388,9 @@ def format_msgpack_timestamp(ext: msgspec.msgpack.Ext) -> str:
         raise ValueError(msg)
     if nanos > 999_999_999:
         msg = f"timestamp nanoseconds {nanos} out of range"
+        raise ValueError(msg)
+    if not _YEAR_1 <= seconds < _YEAR_10000:
+        msg = f"timestamp seconds {seconds} out of range"
         raise ValueError(msg)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
 
@@ -407,10 +441,14 @@ class FrameDecoder:
     converts each to the same struct, with the timestamp as an RFC 3339 nanosecond string.
     """
 
-    def __init__(self, stream: StreamName, encoding: Encoding = "json") -> None:
+    def __init__(
+        self, stream: StreamName, encoding: Encoding = "json", *, max_bytes: int | None = None
+    ) -> None:
         union = _UNIONS[stream]
         self.stream = stream
         self.encoding = encoding
+        self.max_bytes = max_bytes
+        """Frames longer than this are refused whole (`oversized_frame`); None: no cap."""
         self._probe_json = msgspec.json.Decoder(dict[str, object])
         self._converters: dict[type, _Converter] = {}
         if encoding == "json":
@@ -433,6 +471,9 @@ class FrameDecoder:
 
     def decode(self, frame: bytes, recv_ns: int) -> DecodedFrame:
         """Decode a frame and stamp every message with `recv_ns`."""
+        if self.max_bytes is not None and len(frame) > self.max_bytes:
+            detail = f"frame of {len(frame)} bytes exceeds the cap of {self.max_bytes}"
+            return DecodedFrame(rejects=[Reject(bytes(frame), "oversized_frame", detail)])
         try:
             messages: list[AnyMessage] = self._frame.decode(frame)
         except (msgspec.DecodeError, ValueError):
@@ -481,15 +522,29 @@ class FrameDecoder:
         return out
 
     def _reason(self, raw: bytes, exc: Exception) -> str:
-        if "missing required field `T`" in str(exc):
+        text = str(exc)
+        if "missing required field `T`" in text:
             return "missing_type"
-        if "`$.T`" in str(exc):
+        if "`$.T`" in text:
             try:
                 if self.encoding == "json":
                     tag = self._probe_json.decode(raw).get("T")
                 else:
                     tag = msgspec.msgpack.decode(raw, type=dict[str, object]).get("T")
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, ValueError):  # ValueError: bad UTF-8 in a skipped key
                 return "invalid_message"
             return "missing_type" if tag is None else "unknown_type"
-        return "invalid_message"
+        return _field_reason(text)
+
+
+def _field_reason(text: str) -> str:
+    """The reason class of a msgspec validation message about one field."""
+    if "missing required field" in text:
+        return "missing_field"
+    if "timestamp" in text:
+        return "bad_timestamp"
+    if "out of range" in text or ">=" in text or "<=" in text or "length >=" in text:
+        return "bad_value"
+    if text.startswith("Expected `") and ", got `" in text:
+        return "wrong_type" if "- at `$." in text else "invalid_message"
+    return "invalid_message"

@@ -68,9 +68,15 @@ class ReplaySource:
     name = "replay"
 
     def __init__(
-        self, path: Path, *, speed: float | None = None, default_stream: StreamName = "stocks"
+        self,
+        path: Path,
+        *,
+        speed: float | None = None,
+        default_stream: StreamName = "stocks",
+        max_frame_bytes: int | None = None,
     ) -> None:
         self._files = replay_files(path)
+        self._max_frame_bytes = max_frame_bytes
         self._speed = speed
         self._default: StreamName = default_stream
         self._envelope = msgspec.json.Decoder(_Envelope)
@@ -81,7 +87,9 @@ class ReplaySource:
         self, sinks: Mapping[StreamName, FrameSink], *, task_status: TaskStatus[None]
     ) -> None:
         """Deliver every frame of every file, then return."""
-        decoders = {stream: FrameDecoder(stream) for stream in sinks}
+        decoders = {
+            stream: FrameDecoder(stream, max_bytes=self._max_frame_bytes) for stream in sinks
+        }
         task_status.started()
         first_event: int | None = None
         wall0 = time.monotonic()

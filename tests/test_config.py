@@ -34,6 +34,18 @@ class TestDefaults:
         settings = settings_from_mapping({"storage": {"roll_seconds": "2m"}})
         assert settings.storage.roll_seconds == 120.0
 
+    def test_fault_handling_keys(self) -> None:
+        """Back-fill, warm-up, frame cap and correction window take their documented forms."""
+        settings = settings_from_mapping(
+            {
+                "alpaca": {"backfill": False, "backfill_max_gap": "6h", "max_frame_bytes": 65536},
+                "pipeline": {"warmup": False, "correction_window": 500},
+            }
+        )
+        assert (settings.alpaca.backfill, settings.alpaca.backfill_max_gap) == (False, 21600.0)
+        assert settings.alpaca.max_frame_bytes == 65536
+        assert (settings.pipeline.warmup, settings.pipeline.correction_window) == (False, 500)
+
     def test_performance_log_interval(self) -> None:
         """The periodic performance line's interval is a duration under [server]."""
         settings = settings_from_mapping({"server": {"log_interval": "10s"}})
@@ -120,6 +132,36 @@ BAD: list[Any] = [
         {"alpaca": {"stream_url": "http://x"}}, "'alpaca.stream_url'", id="stream-url-scheme"
     ),
     pytest.param({"server": {"listen": "nowhere"}}, "'server.listen'", id="listen"),
+    pytest.param(
+        {"alpaca": {"max_frame_bytes": 10}},
+        "'alpaca.max_frame_bytes': 10 is invalid; expected an integer >= 1024",
+        id="max-frame-bytes",
+    ),
+    pytest.param(
+        {"pipeline": {"correction_window": -1}},
+        "'pipeline.correction_window': -1 is invalid; expected an integer >= 0",
+        id="correction-window",
+    ),
+    pytest.param(
+        {"pipeline": {"warmup": "yes"}},
+        "'pipeline.warmup': 'yes' is invalid; expected true or false",
+        id="warmup",
+    ),
+    pytest.param(
+        {"alpaca": {"backfill": 1}},
+        "'alpaca.backfill': 1 is invalid; expected true or false",
+        id="backfill",
+    ),
+    pytest.param(
+        {"alpaca": {"backfill_max_gap": "1x"}},
+        "'alpaca.backfill_max_gap': '1x' is invalid; expected a duration",
+        id="backfill-max-gap",
+    ),
+    pytest.param(
+        {"alpaca": {"rest_requests_per_minute": 0}},
+        "'alpaca.rest_requests_per_minute': 0 is invalid; expected an integer >= 1",
+        id="rest-rate",
+    ),
     pytest.param(
         {"storage": {"journal": "yes"}},
         "'storage.journal': 'yes' is invalid; expected true or false",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+
+import msgspec
 import pytest
 
 from streams.messages import CryptoTrade, FrameDecoder, OptionTrade, StockQuote, StockTrade
@@ -53,20 +56,39 @@ BAD = [
     pytest.param(b'[{"S":"A"}]', "missing_type", id="missing-type"),
     pytest.param(
         b'[{"T":"t","S":"A","i":1,"x":"V","p":-1,"s":1,"t":"2024-01-01T00:00:00Z"}]',
-        "invalid_message",
+        "bad_value",
         id="negative-price",
     ),
     pytest.param(
         b'[{"T":"t","S":"A","i":1,"x":"V","p":1e999,"s":1,"t":"2024-01-01T00:00:00Z"}]',
-        "invalid_message",
+        "bad_value",
         id="infinite-price",
     ),
-    pytest.param(b'[{"T":"t","S":"A","x":"V","p":1,"s":1}]', "invalid_message", id="missing"),
+    pytest.param(b'[{"T":"t","S":"A","x":"V","p":1,"s":1}]', "missing_field", id="missing"),
     pytest.param(
         b'[{"T":"t","S":"A","i":"x","x":"V","p":1,"s":1,"t":"2024-01-01T00:00:00Z"}]',
-        "invalid_message",
+        "wrong_type",
         id="wrong-type",
     ),
+    pytest.param(
+        b'[{"T":"t","S":"A","i":1,"x":"V","p":1,"s":1e16,"t":"2024-01-01T00:00:00Z"}]',
+        "bad_value",
+        id="absurd-size",
+    ),
+    pytest.param(
+        b'[{"T":"t","S":"A","i":1e30,"x":"V","p":1,"s":1,"t":"2024-01-01T00:00:00Z"}]',
+        "wrong_type",
+        id="float-id",
+    ),
+    pytest.param(
+        b'[{"T":"t","S":"A","i":9223372036854775808,"x":"V","p":1,"s":1,"t":"2024-01-01T00:00:00Z"}]',
+        "bad_value",
+        id="id-beyond-int64",
+    ),
+    pytest.param(
+        b'[{"T":"t","S":"","i":1,"x":"V","p":1,"s":1,"t":"x"}]', "bad_value", id="no-symbol"
+    ),
+    pytest.param(b"[7]", "invalid_message", id="not-an-object"),
 ]
 
 
@@ -77,6 +99,21 @@ class TestQuarantine:
         decoded = FrameDecoder("stocks").decode(frame, 0)
         assert decoded.messages == []
         assert [r.reason for r in decoded.rejects] == [reason]
+
+    def test_oversized_frame_is_refused_whole(self) -> None:
+        """A frame over the configured cap is one `oversized_frame` reject with its raw bytes."""
+        decoded = FrameDecoder("stocks", max_bytes=len(FRAME) - 1).decode(FRAME, 0)
+        assert decoded.messages == []
+        assert [(r.reason, r.raw) for r in decoded.rejects] == [("oversized_frame", FRAME)]
+        assert len(FrameDecoder("stocks", max_bytes=len(FRAME)).decode(FRAME, 0).messages) == 2
+
+    def test_msgpack_timestamp_past_year_9999_is_rejected(self) -> None:
+        """A MessagePack timestamp whose seconds no calendar holds is a bad timestamp."""
+        trade = {"T": "t", "S": "AAPL240315C00172500", "p": 1.0, "s": 1.0, "x": "N", "c": "S"}
+        stamp = msgspec.msgpack.Ext(-1, struct.pack(">Iq", 0, 2**62))
+        frame = msgspec.msgpack.encode([{**trade, "t": stamp}])
+        decoded = FrameDecoder("options", "msgpack").decode(frame, 0)
+        assert [r.reason for r in decoded.rejects] == ["bad_timestamp"]
 
     def test_one_bad_message_spares_the_rest(self) -> None:
         """The good messages of a frame with one bad message are kept, in order."""

@@ -97,3 +97,30 @@ class TestBackpressure:
             with anyio.fail_after(10):
                 await writer.put([trade("A", "2024-07-01T10:00:01Z", 9)])
             assert writer.stats.rows >= 2
+
+
+class TestRefusedRecords:
+    def test_unconvertible_record_is_split_off_and_handed_over(self, tmp_path: Path) -> None:
+        """A record whose stamp Arrow cannot parse is refused alone; its buffer is written."""
+        refused: list[tuple[str, str, list[int]]] = []
+
+        async def on_refused(stream: str, table: str, records: list[tuple[object, str]]) -> None:
+            refused.append((stream, table, [r.i for r, _ in records]))  # type: ignore[attr-defined]
+
+        async def main() -> None:
+            async with open_dataset(
+                tmp_path,
+                StorageSettings(),
+                writer_id="w",
+                metadata={},
+                indicator_columns=(),
+                on_refused=on_refused,
+            ) as dataset:
+                records = [trade("A", f"2024-07-01T10:00:0{i}Z", i) for i in range(7)]
+                records[3] = trade("A", "2024-07-01T25:61:00Z", 3)
+                await dataset.writer("stocks", "trades").put(records)
+
+        anyio.run(main)
+        (path,) = files(tmp_path)
+        assert pq.read_table(path)["trade_id"].to_pylist() == [0, 1, 2, 4, 5, 6]
+        assert refused == [("stocks", "trades", [3])]

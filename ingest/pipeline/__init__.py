@@ -9,6 +9,17 @@ indicators mean and how late trades are treated is written down in `docs/pipelin
 from __future__ import annotations
 
 from ingest.pipeline.indicators import session_vwap_hlc3
-from ingest.pipeline.symbol import PipelineOutput, SymbolPipeline, indicator_columns
+from ingest.pipeline.symbol import (
+    PipelineOutput,
+    RecentTrades,
+    SymbolPipeline,
+    indicator_columns,
+)
 
-__all__ = ["PipelineOutput", "SymbolPipeline", "indicator_columns", "session_vwap_hlc3"]
+__all__ = [
+    "PipelineOutput",
+    "RecentTrades",
+    "SymbolPipeline",
+    "indicator_columns",
+    "session_vwap_hlc3",
+]

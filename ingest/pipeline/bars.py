@@ -115,6 +115,8 @@ class Bar:
     session_vwap: float | None
     seq: int
     """Arrival sequence number of the trade that closed the bar (-1 for a flushed bar)."""
+    corrections: int = 0
+    """Trade corrections and cancels applied to the bar while it was open."""
 
 
 class BarBuilder:
@@ -124,6 +126,7 @@ class BarBuilder:
         "_base_pv",
         "_base_v",
         "_c",
+        "_fixes",
         "_h",
         "_l",
         "_n",
@@ -133,6 +136,7 @@ class BarBuilder:
         "_s0_v",
         "_s_end_pv",
         "_s_end_v",
+        "_seq0",
         "_sv",
         "_ts",
     )
@@ -149,6 +153,9 @@ class BarBuilder:
         self._sv: float | None = None
         """Session VWAP after the open bar's last trade (a value: no batch is kept alive)."""
         self._s_end_v = self._s_end_pv = 0.0
+        self._seq0 = 0
+        """Arrival sequence number of the open bar's first trade."""
+        self._fixes = 0
 
     def reset_session(self) -> None:
         """The session's running sums restart at zero: fold the open bar's share into its base."""
@@ -162,6 +169,57 @@ class BarBuilder:
         """Add a slice of trades; return the bars they closed, oldest first."""
         raise NotImplementedError
 
+    # --- corrections (rare: plain Python, never on the per-trade path) -------------------------
+
+    def holds(self, seq: int, ts: int) -> bool:
+        """Whether the open bar includes the trade with this sequence number and time."""
+        return self._open and seq >= self._seq0
+
+    def member_mask(self, seqs: IntArray, ts: IntArray) -> npt.NDArray[np.bool_]:
+        """Which of these trades the open bar includes (`holds`, vectorised)."""
+        return seqs >= self._seq0
+
+    @property
+    def open_since(self) -> int:
+        """Sequence number of the open bar's first trade (meaningful while a bar is open)."""
+        return self._seq0
+
+    def shift_session(self, volume: float, notional: float) -> None:
+        """The session's running sums moved by a correction: move this builder's copies too.
+
+        A uniform shift keeps every difference, so no bar changes; `restate` then fixes the one
+        bar that holds the corrected trade.
+        """
+        self._s0_v += volume
+        self._s0_pv += notional
+        self._s_end_v += volume
+        self._s_end_pv += notional
+
+    def restate(
+        self,
+        first: float,
+        high: float,
+        low: float,
+        last: float,
+        count: int,
+        volume: float,
+        notional: float,
+        session_vwap: float | None,
+    ) -> None:
+        """Replace the open bar's values with ones recomputed from its (corrected) trades."""
+        self._fixes += 1
+        if count == 0:
+            self._drop_open_bar()
+            return
+        self._o, self._h, self._l, self._c, self._n = first, high, low, last, count
+        self._base_v = volume - (self._s_end_v - self._s0_v) + self._late_v()
+        self._base_pv = notional - (self._s_end_pv - self._s0_pv) + self._late_pv()
+        self._sv = session_vwap
+
+    def _drop_open_bar(self) -> None:
+        """Every trade of the open bar was cancelled: the next trade opens a fresh one."""
+        self._open = False
+
     def flush(self) -> Bar | None:
         """The open bar as it stands (None if there is none); the builder starts empty again."""
         if not self._open:
@@ -170,8 +228,10 @@ class BarBuilder:
         self._open = False
         return bar
 
-    def _begin(self, ts: int, price: float, s0_v: float, s0_pv: float) -> None:
+    def _begin(self, ts: int, price: float, s0_v: float, s0_pv: float, seq: int) -> None:
         self._open = True
+        self._seq0 = seq
+        self._fixes = 0
         self._ts = ts
         self._o = price
         self._h = -math.inf
@@ -195,6 +255,7 @@ class BarBuilder:
             vwap=notional / volume if volume > 0 else None,
             session_vwap=self._sv,
             seq=seq,
+            corrections=self._fixes,
         )
 
     def _late_v(self) -> float:
@@ -245,9 +306,22 @@ class TimeBarBuilder(BarBuilder):
     def _late_pv(self) -> float:
         return self._lpv
 
+    def holds(self, seq: int, ts: int) -> bool:
+        """The open bar includes a trade that arrived since it opened, stamped in its bucket."""
+        return self._open and seq >= self._seq0 and ts // self._width == self._bucket
+
+    def member_mask(self, seqs: IntArray, ts: IntArray) -> npt.NDArray[np.bool_]:
+        """Trades since the open bar's first, stamped in its bucket (late ones never are)."""
+        mask: npt.NDArray[np.bool_] = (seqs >= self._seq0) & (ts // self._width == self._bucket)
+        return mask
+
+    def _drop_open_bar(self) -> None:
+        super()._drop_open_bar()
+        self._seen = False
+
     def _begin_bucket(self, trades: TradeSlice, i: int, bucket: int) -> None:
         price, s0_v, s0_pv = trades.prices()[i], float(trades.cv[i]), float(trades.cpv[i])
-        self._begin(bucket * self._width, price, s0_v, s0_pv)
+        self._begin(bucket * self._width, price, s0_v, s0_pv, trades.offset + i)
         self._bucket = bucket
         self._lv = self._lpv = 0.0
 
@@ -360,7 +434,9 @@ class CountBarBuilder(BarBuilder):
         pos = 0
         while pos < m:
             if not self._open:
-                self._begin(int(trades.ts[pos]), prices[pos], cv[pos], cpv[pos])
+                self._begin(
+                    int(trades.ts[pos]), prices[pos], cv[pos], cpv[pos], trades.offset + pos
+                )
             last = self._closing_trade(cv, cpv, pos, m)
             end = m if last is None else last + 1
             self._absorb(trades, pos, end)

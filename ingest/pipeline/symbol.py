@@ -23,9 +23,11 @@ from ingest.pipeline.bars import Bar, TimeBarBuilder, TradeSlice, create_builder
 from ingest.pipeline.indicators import IndicatorState, indicator_columns
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from ingest.config import BarSpec, PipelineSettings
 
-__all__ = ["PipelineOutput", "SymbolPipeline", "indicator_columns"]
+__all__ = ["PipelineOutput", "RecentTrades", "SymbolPipeline", "indicator_columns"]
 
 Row = dict[str, Any]
 
@@ -38,6 +40,22 @@ def _ratio(notional: float, volume: float) -> float | None:
 
 _min = np.minimum.reduce
 _max = np.maximum.reduce
+
+
+@dataclass(frozen=True, slots=True)
+class RecentTrades:
+    """A symbol's latest trades with corrections applied (cancelled ones left out).
+
+    What an open bar is recomputed from when a correction hits it (`ingest.corrections` keeps
+    them). `oldest` is the sequence number of the oldest trade remembered, cancelled or not: an
+    open bar that began before it cannot be recomputed.
+    """
+
+    seq: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    price: npt.NDArray[np.float64]
+    size: npt.NDArray[np.float64]
+    oldest: int
 
 
 @dataclass(slots=True)
@@ -137,6 +155,62 @@ class SymbolPipeline:
             )
         self._seq += m
         return out
+
+    def warm_up(self, closes: Mapping[tuple[str, str], Sequence[float]]) -> int:
+        """Feed each series the closes of its history (oldest first); how many series took some.
+
+        Only the indicators learn them: no bar is emitted, and the bar builders start empty.
+        """
+        warmed = 0
+        for series in self._series:
+            history = closes.get((series.kind, series.label))
+            if history:
+                for close in history:
+                    series.indicators.update(close)
+                warmed += 1
+        return warmed
+
+    @property
+    def trades_seen(self) -> int:
+        """Trades fed so far: the next trade's arrival sequence number."""
+        return self._seq
+
+    def correct_trade(
+        self, seq: int, ts: int, d_volume: float, d_notional: float, recent: RecentTrades
+    ) -> tuple[int, int]:
+        """A trade was corrected or cancelled: restate every open bar that includes it.
+
+        `d_volume` and `d_notional` are the changes to the trade's size and price x size (the
+        session VWAP follows them when the trade is of the session's day); `recent` already
+        holds the corrected values. Returns how many series had their open bar restated, and
+        how many series there are: the others had closed the bar holding the trade (or left it
+        out as late), or their open bar began before the oldest remembered trade.
+        """
+        if self._day is not None and ts // _DAY_NS == self._day:
+            self._cv += d_volume
+            self._cpv += d_notional
+            for series in self._series:
+                series.builder.shift_session(d_volume, d_notional)
+        restated = 0
+        for series in self._series:
+            builder = series.builder
+            if not builder.holds(seq, ts) or builder.open_since < recent.oldest:
+                continue
+            mask = builder.member_mask(recent.seq, recent.ts)
+            price, size = recent.price[mask], recent.size[mask]
+            count = len(price)
+            builder.restate(
+                first=float(price[0]) if count else 0.0,
+                high=float(price.max()) if count else 0.0,
+                low=float(price.min()) if count else 0.0,
+                last=float(price[-1]) if count else 0.0,
+                count=count,
+                volume=float(size.sum()),
+                notional=float((price * size).sum()),
+                session_vwap=_ratio(self._cpv - self._epv, self._cv - self._ev),
+            )
+            restated += 1
+        return restated, len(self._series)
 
     def flush(self) -> PipelineOutput:
         """Close every open bar as partial (shutdown); indicators include the partial bar."""
@@ -263,6 +337,7 @@ class SymbolPipeline:
             "trade_count": bar.trade_count,
             "vwap": bar.vwap,
             "partial": partial,
+            "corrections": bar.corrections,
         }
         row.update(zip(series.indicators.columns, values, strict=True))
         row["session_vwap"] = bar.session_vwap

@@ -44,6 +44,8 @@ AUTH_TIMEOUT: Final = 10.0
 CONNECT_TIMEOUT: Final = 10.0
 SEND_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 5.0
+HARD_LIMIT_FACTOR: Final = 4
+"""A frame this many times over the cap is not read: the session ends, back-fill recovers."""
 
 FrameTap = Callable[["StreamName", int, bytes, DecodedFrame], Awaitable[None]]
 """Sees every received frame (raw bytes and decoded) before delivery: the recorder's hook."""
@@ -62,6 +64,10 @@ class SessionPlan:
     """The `subscribe` action."""
     staleness_seconds: float
     feed: str
+    symbols: tuple[str, ...] = ()
+    """What was subscribed (for the gap back-fill)."""
+    max_frame_bytes: int = 4 * 1024 * 1024
+    """Larger frames are quarantined; beyond `HARD_LIMIT_FACTOR` times this the socket closes."""
 
 
 @dataclass(slots=True)
@@ -84,7 +90,7 @@ async def run_session(
 ) -> None:
     """Run one session until it ends; always raises (see the module docstring)."""
     headers = {"Content-Type": "application/msgpack"} if plan.encoding == "msgpack" else {}
-    decoder = FrameDecoder(plan.stream, plan.encoding)
+    decoder = FrameDecoder(plan.stream, plan.encoding, max_bytes=plan.max_frame_bytes)
     try:
         with anyio.fail_after(CONNECT_TIMEOUT):
             ws = await http.ws_connect(
@@ -92,7 +98,7 @@ async def run_session(
                 headers=headers,
                 autoping=True,
                 timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT),
-                max_msg_size=0,
+                max_msg_size=HARD_LIMIT_FACTOR * plan.max_frame_bytes,
             )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         msg = f"cannot connect the {plan.stream} stream to {plan.url}: {exc!r}"

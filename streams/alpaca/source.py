@@ -5,11 +5,16 @@ capped; a long fixed wait after error 406) around `run_session`, so at most one 
 endpoint is ever open. A session that delivered data resets the back-off. Permanent refusals stop
 only their stream: 402 (credentials), 409 (plan), 410/413 (configuration); `run` raises once no
 stream is left: `CredentialsError` if any stream's credentials were rejected.
+
+Given the daemon's `Ledger` (and `[alpaca] backfill`), every session that subscribes -- the first
+one after a start, and every reconnect after a drop, a staleness restart or a refusal -- fills its
+gap from REST history while its live frames wait at a gate (`streams.alpaca.backfill`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
@@ -33,7 +38,9 @@ from ingest.errors import (
     FeedProtocolError,
     IngestError,
 )
+from streams.alpaca.backfill import SYMBOLS_PER_REQUEST, Backfiller, Gate
 from streams.alpaca.credentials import Credentials, load_credentials
+from streams.alpaca.history import HistoryClient, HistoryRequest, parse_rfc3339_ns, timeframe_of
 from streams.alpaca.protocol import (
     ConnectionLimitError,
     encoding_for,
@@ -42,13 +49,14 @@ from streams.alpaca.protocol import (
 )
 from streams.alpaca.session import SessionPlan, SessionState, run_session
 from streams.discovery import discover_option_contracts
+from streams.messages import MinuteBar
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ingest.config import AlpacaSettings, StreamName, StreamSettings
     from ingest.metrics import Metrics
-    from streams.base import FrameSink
+    from streams.base import FrameSink, Ledger
     from streams.messages import DecodedFrame
     from streams.recorder import FrameRecorder
 
@@ -97,9 +105,13 @@ class AlpacaSource:
         metrics: `reconnects` and `connected` are kept per stream when given.
         recorder: every received frame is recorded when given (`--record`).
         sleep: how back-off waits are slept (tests inject a recorder of delays).
+        backfill_margin: seconds a gap reaches past the moment its session subscribed (clock
+            skew), waited before its history is asked for.
     """
 
     name = "alpaca"
+    ledger: Ledger | None = None
+    """The daemon's record of what it holds; set before `run` to fill gaps from REST history."""
 
     def __init__(
         self,
@@ -110,8 +122,10 @@ class AlpacaSource:
         metrics: Metrics | None = None,
         recorder: FrameRecorder | None = None,
         sleep: Sleep = anyio.sleep,
+        backfill_margin: float = 1.0,
     ) -> None:
         self.settings = settings
+        self._backfill_margin = backfill_margin
         self.streams = dict(streams)
         self._credentials = credentials if credentials is not None else load_credentials()
         self._metrics = metrics
@@ -119,6 +133,8 @@ class AlpacaSource:
         self._sleep = sleep
         self.stopped: dict[StreamName, IngestError] = {}
         """Streams stopped for good, with the reason."""
+        self.history: HistoryClient | None = None
+        """The REST history client (once running with back-fill or warm-up)."""
 
     def __repr__(self) -> str:
         streams = sorted(self.streams)
@@ -138,12 +154,54 @@ class AlpacaSource:
             FeedProtocolError: every stream stopped for another permanent reason (e.g. 409).
         """
         startup = _Startup(len(self.streams))
+        backfiller = self._backfiller()
         async with aiohttp.ClientSession() as http, anyio.create_task_group() as tg:
             for stream in self.streams:
-                tg.start_soon(self._run_stream, http, stream, sinks[stream], startup)
+                tg.start_soon(
+                    self._run_stream, http, stream, sinks[stream], startup, backfiller, tg
+                )
             await startup.done.wait()
             task_status.started()
         self._raise_when_all_stopped()
+
+    def history_client(self) -> HistoryClient:
+        """The source's one REST history client (one pacer for the account's rate limit)."""
+        if self.history is None:
+            self.history = HistoryClient(self.settings, self._credentials, sleep=self._sleep)
+        return self.history
+
+    async def bar_closes(
+        self,
+        stream: StreamName,
+        symbols: Sequence[str],
+        seconds: float,
+        start_ns: int,
+        end_ns: int,
+    ) -> dict[str, list[tuple[int, float]]]:
+        """Alpaca's REST bars of a width it offers, as (start ns, close) per symbol."""
+        timeframe = timeframe_of(seconds)
+        if timeframe is None or stream == "news":
+            return {}
+        closes: dict[str, list[tuple[int, float]]] = {}
+        for at in range(0, len(symbols), SYMBOLS_PER_REQUEST):
+            chunk = tuple(symbols[at : at + SYMBOLS_PER_REQUEST])
+            request = HistoryRequest(stream, "bars", chunk, start_ns, end_ns, timeframe)
+            async for page in self.history_client().pages(request):
+                for bar in page.messages:
+                    if isinstance(bar, MinuteBar):
+                        closes.setdefault(bar.S, []).append((parse_rfc3339_ns(bar.t), bar.c))
+        return closes
+
+    def _backfiller(self) -> Backfiller | None:
+        if self.ledger is None or not self.settings.backfill:
+            return None
+        return Backfiller(
+            self.settings,
+            self.history_client(),
+            self.ledger,
+            metrics=self._metrics,
+            margin_seconds=self._backfill_margin,
+        )
 
     def _raise_when_all_stopped(self) -> None:
         reasons = "; ".join(f"{s}: {e}" for s, e in self.stopped.items())
@@ -160,6 +218,8 @@ class AlpacaSource:
         stream: StreamName,
         sink: FrameSink,
         startup: _Startup,
+        backfiller: Backfiller | None,
+        group: anyio.abc.TaskGroup,
     ) -> None:
         settled = False
 
@@ -172,7 +232,7 @@ class AlpacaSource:
         with bound_contextvars(stream=stream):
             try:
                 plan = await self._plan(stream)
-                await self._reconnect_forever(http, plan, sink, settle)
+                await self._reconnect_forever(http, plan, sink, settle, backfiller, group)
             except _PERMANENT as exc:
                 self.stopped[stream] = exc
                 event = (
@@ -215,8 +275,10 @@ class AlpacaSource:
             encoding=encoding_for(stream),
             channels=tuple(settings.channels),
             subscribe=subscribe_action(settings.channels, symbols),
+            symbols=tuple(symbols),
             staleness_seconds=staleness,
             feed=feed,
+            max_frame_bytes=self.settings.max_frame_bytes,
         )
 
     def _retrying(self) -> AsyncRetrying:
@@ -239,14 +301,28 @@ class AlpacaSource:
         plan: SessionPlan,
         sink: FrameSink,
         settle: Callable[[], None],
+        backfiller: Backfiller | None,
+        group: anyio.abc.TaskGroup,
     ) -> None:
         stream = plan.stream
         tap = self._tap(plan) if self._recorder is not None else None
         sessions = 0
+        gate: Gate | None = None
 
         def subscribed() -> None:
             self._set_connected(stream, 1)
             settle()
+            if backfiller is not None and gate is not None:
+                group.start_soon(
+                    backfiller.fill,
+                    stream,
+                    plan.symbols,
+                    plan.channels,
+                    gate,
+                    sink,
+                    time.time_ns(),
+                    name=f"backfill:{stream}",
+                )
 
         while True:
             # A fresh policy per healthy run: back-off grows only across sessions that failed
@@ -257,12 +333,13 @@ class AlpacaSource:
                         self._count_reconnect(stream)
                     sessions += 1
                     state = SessionState()
+                    gate = Gate(sink) if backfiller is not None else None
                     try:
                         await run_session(
                             http,
                             plan,
                             self._credentials,
-                            sink,
+                            gate.deliver if gate is not None else sink,
                             state=state,
                             on_subscribed=subscribed,
                             tap=tap,

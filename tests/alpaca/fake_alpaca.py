@@ -5,15 +5,18 @@ It speaks the protocol of ALPACA.md: `connected`, `auth` (within 10 s, else 404)
 when the upgrade request carries `Content-Type: application/msgpack`; the options endpoints refuse
 JSON with 412), the error codes, batched data frames, and at most `connection_limit` concurrent
 sessions per endpoint (406 beyond). Each endpoint plays scripted `Session`s in order, one per
-connection, with faults: drop the connection, go silent, answer an error, send a malformed frame.
+connection, with faults: drop the connection, go silent, answer an error, send a malformed frame,
+cut a frame mid-way, publish data the client never receives, drop a client that reads too slowly.
 It also serves the REST endpoints contract discovery needs (`/v2/options/contracts`, paged, and
-`/v2/stocks/trades/latest`).
+`/v2/stocks/trades/latest`), and the historical endpoints of everything published
+(`tests.alpaca.fake_history`), on the same app.
 """
 
 from __future__ import annotations
 
 import calendar
 import json
+import socket
 import time
 import uuid
 from collections import defaultdict
@@ -26,11 +29,14 @@ import msgpack  # type: ignore[import-untyped]
 from aiohttp import web
 
 from streams.occ import parse_occ
+from tests.alpaca.fake_history import FakeHistory
 
 __all__ = [
     "Close",
+    "CutFrame",
     "Drop",
     "FakeAlpaca",
+    "Publish",
     "Send",
     "SendError",
     "SendRaw",
@@ -99,15 +105,34 @@ class Silence:
     """Stop sending, keep the socket open and keep reading (a connected-but-silent feed)."""
 
 
-Step = Send | SendRaw | SendError | Drop | Close | Silence
+@dataclass(frozen=True)
+class Publish:
+    """Messages the server published that this client does not receive (only REST has them)."""
+
+    messages: list[Message]
+
+
+@dataclass(frozen=True)
+class CutFrame:
+    """Send the first half of a data frame's bytes, then abort the connection (a drop mid-frame)."""
+
+    frame: list[Message]
+
+
+Step = Send | SendRaw | SendError | Drop | Close | Silence | Publish | CutFrame
 
 
 @dataclass
 class Session:
-    """One connection's script: an optional error in reply to `auth`, then steps after subscribe."""
+    """One connection's script: an optional error in reply to `auth`, then steps after subscribe.
+
+    `before` is published (to REST history only) when the connection arrives: what happened on the
+    market while the client was away.
+    """
 
     auth_error: tuple[int, str] | None = None
     steps: list[Step] = field(default_factory=list)
+    before: list[Message] = field(default_factory=list)
 
 
 def _stream_of(path: str) -> str:
@@ -170,24 +195,39 @@ class FakeAlpaca:
         self.contracts_page_size = 2
         self.latest_trades: dict[str, Message] = {}
         self.rest_requests: list[tuple[str, dict[str, str]]] = []
+        self.history = FakeHistory(self._authorized, self._websocket)
+        self.slow_client_seconds: float | None = None
+        """Drop a client whose socket has not taken a frame for this long (error 407)."""
+        self.slow_clients = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen on 127.0.0.1 on a random port."""
+        """Listen on 127.0.0.1 on a random port (or the port it had, after a restart)."""
         app = web.Application()
         app.router.add_get("/v2/options/contracts", self._contracts)
         app.router.add_get("/v2/stocks/trades/latest", self._latest_trades)
+        self.history.add_routes(app)
         app.router.add_get("/{path:.*}", self._websocket)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
         server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def restart(
+        self, down_seconds: float, published: dict[str, list[Message]] | None = None
+    ) -> None:
+        """Go away (every connection closed, nothing listening), publish meanwhile, come back."""
+        await self.stop()
+        for stream, messages in (published or {}).items():
+            self.history.publish(stream, messages)
+        await anyio.sleep(down_seconds)
+        await self.start()
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
@@ -221,10 +261,15 @@ class FakeAlpaca:
             ws=ws,
             request=request,
         )
+        if self.slow_client_seconds is not None and request.transport is not None:
+            sock = request.transport.get_extra_info("socket")
+            if sock is not None:  # a small send buffer, so a stalled client is felt at once
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
         self.active[path] += 1
         self.max_active[path] = max(self.max_active[path], self.active[path])
         self.connections[path] += 1
         session = self.scripts[path].pop(0) if self.scripts[path] else Session()
+        self.history.publish(conn.stream, session.before)
         try:
             await self._serve(conn, session)
         finally:
@@ -286,19 +331,34 @@ class FakeAlpaca:
             tg.cancel_scope.cancel()
         if conn.ended:
             return
-        if isinstance(outcome, Drop):
-            self._uncount(conn)
-            conn.ended = "lost"
-            transport = conn.request.transport
-            if transport is not None:
-                transport.abort()
+        if isinstance(outcome, Drop | CutFrame):
+            self._abort(conn)
+
+    def _abort(self, conn: _Connection) -> None:
+        """Abort the TCP connection without a close handshake."""
+        self._uncount(conn)
+        conn.ended = "lost"
+        transport = conn.request.transport
+        if transport is not None:
+            transport.abort()
 
     async def _play(self, conn: _Connection, steps: list[Step]) -> Step:
         for step in steps:
             if isinstance(step, Send):
-                for frame in step.frames:
+                for index, frame in enumerate(step.frames):
                     self.sent[conn.path].extend(frame)
-                    await self._send(conn, frame)
+                    self.history.publish(conn.stream, frame)
+                    if not await self._send_data(conn, frame):
+                        # The market goes on without the dropped client: only REST has the rest.
+                        for later in step.frames[index + 1 :]:
+                            self.history.publish(conn.stream, later)
+                        return Drop()
+            elif isinstance(step, Publish):
+                self.history.publish(conn.stream, step.messages)
+            elif isinstance(step, CutFrame):
+                self.history.publish(conn.stream, step.frame)
+                self._cut(conn, step.frame)
+                return step
             elif isinstance(step, SendRaw):
                 if conn.msgpack:
                     await conn.ws.send_bytes(step.data)
@@ -314,6 +374,35 @@ class FakeAlpaca:
                     self._uncount(conn)
                 return step
         return Silence()
+
+    async def _send_data(self, conn: _Connection, frame: list[Message]) -> bool:
+        """Send a data frame; False if the client was too slow to take it (and was dropped)."""
+        if self.slow_client_seconds is None:
+            await self._send(conn, frame)
+            return True
+        with anyio.move_on_after(self.slow_client_seconds) as scope:
+            await self._send(conn, frame)
+        if scope.cancelled_caught:
+            self.slow_clients += 1
+            return False
+        return True
+
+    def _cut(self, conn: _Connection, frame: list[Message]) -> None:
+        """Write a WebSocket frame header for the whole payload but only half of the payload."""
+        if conn.msgpack:
+            payload, opcode = msgpack.packb([_to_wire_msgpack(m) for m in frame]), 0x2
+        else:
+            payload, opcode = json.dumps(frame).encode(), 0x1
+        length = len(payload)
+        if length < 126:
+            header = bytes([0x80 | opcode, length])
+        elif length < 65536:
+            header = bytes([0x80 | opcode, 126]) + length.to_bytes(2, "big")
+        else:
+            header = bytes([0x80 | opcode, 127]) + length.to_bytes(8, "big")
+        transport = conn.request.transport
+        if transport is not None:
+            transport.write(header + payload[: length // 2])
 
     async def _send(self, conn: _Connection, frame: list[Message]) -> None:
         if conn.msgpack:

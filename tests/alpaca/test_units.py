@@ -113,7 +113,7 @@ class TestMsgpackDecoding:
         decoded = FrameDecoder("options", "msgpack").decode(msgspec.msgpack.encode([good, bad]), 7)
         assert len(decoded.messages) == 1
         assert decoded.messages[0].recv_ns == 7
-        assert [r.reason for r in decoded.rejects] == ["invalid_message"]
+        assert [r.reason for r in decoded.rejects] == ["bad_timestamp"]
 
 
 class TestRecording:
