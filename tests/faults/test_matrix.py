@@ -256,10 +256,11 @@ class TestBackpressure:
         socket buffers, as on a real link); the reconnect's back-fill recovers what the
         server published meanwhile, so every message still lands exactly once.
         """
-        slow_disk(monkeypatch, 2.0)
+        slow_disk(monkeypatch, 0.6)
         small_receive_buffer(monkeypatch, 64 * 1024)
         content = Content()
-        a = content.stocks(45_000, kinds=1)
+        # More than the router holds pending (32,768) plus the writer's bound, so the reader stalls.
+        a = content.stocks(90_000, kinds=1)
         c = content.stocks(300)
 
         def script(fake: FakeAlpaca) -> None:
