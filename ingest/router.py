@@ -188,23 +188,28 @@ class StreamRouter:
                 self._wake = anyio.Event()
                 continue
             pending, self._pending, self._pending_count = self._pending, {}, 0
+            batches = build_batches(pending)
+            # Every batch is in flight before the first hand-over can wait: what has not reached
+            # the writers stays visible to journal-segment deletion.
+            for symbol, batch in batches.items():
+                if symbol not in self._sends:
+                    self._spawn(symbol)
+                self._inflight[symbol].append(batch.oldest_recv_ns())
             self._pending_since = None
             self._room.set()
             self._room = anyio.Event()
-            for symbol, batch in build_batches(pending).items():
+            for symbol, batch in batches.items():
                 await self._hand_over(symbol, batch)
 
     async def _hand_over(self, symbol: str, batch: SymbolBatch) -> None:
-        send = self._sends.get(symbol) or self._spawn(symbol)
-        inflight = self._inflight[symbol]
-        inflight.append(batch.oldest_recv_ns())
+        send = self._sends[symbol]
         try:
             send.send_nowait(batch)
         except anyio.WouldBlock:
             if self._settings.storage.backpressure == "block":
                 await send.send(batch)
             else:
-                inflight.pop()
+                self._inflight[symbol].pop()  # its own entry: the newest, as it was just added
                 self._metrics.dropped.inc(self.stream, amount=batch.count)
 
     def _split(self, messages: list[AnyMessage]) -> None:
