@@ -78,7 +78,6 @@ class SymbolBatch:
 
 
 _NO_INTS: Final = np.empty(0, np.int64)
-_NO_FLOATS: Final = np.empty(0, np.float64)
 
 
 def _epoch_ns(trades: list[AnyMessage]) -> npt.NDArray[np.int64]:
@@ -88,26 +87,19 @@ def _epoch_ns(trades: list[AnyMessage]) -> npt.NDArray[np.int64]:
 
 def build_batches(pending: dict[str, Tables]) -> dict[str, SymbolBatch]:
     """Every symbol's batch of a flush, with one timestamp parse for all the flush's trades."""
-    traders = [(symbol, tables[TRADES]) for symbol, tables in pending.items() if TRADES in tables]
-    trades = list(itertools.chain.from_iterable(rows for _, rows in traders))
-    try:
-        ts: npt.NDArray[np.int64] | None = _epoch_ns(trades)
-    except (pa.ArrowInvalid, ValueError):
-        ts = None
+    trades = list(itertools.chain.from_iterable(t.get(TRADES, ()) for t in pending.values()))
+    ts: npt.NDArray[np.int64] | None = _NO_INTS
+    if trades:
+        try:
+            ts = _epoch_ns(trades)
+        except (pa.ArrowInvalid, ValueError):
+            ts = None
     price = np.array([t.p for t in trades], np.float64)  # type: ignore[union-attr]
     size = np.array([t.s for t in trades], np.float64)  # type: ignore[union-attr]
-    parts: dict[str, slice] = {}
-    start = 0
-    for symbol, rows in traders:
-        parts[symbol] = slice(start, start + len(rows))
-        start += len(rows)
     out: dict[str, SymbolBatch] = {}
+    start = 0
     for symbol, tables in pending.items():
-        part = parts.get(symbol)
-        if part is None:
-            out[symbol] = SymbolBatch(tables, _NO_INTS, _NO_FLOATS, _NO_FLOATS)
-        else:
-            out[symbol] = SymbolBatch(
-                tables, None if ts is None else ts[part], price[part], size[part]
-            )
+        part = slice(start, start + len(tables.get(TRADES, ())))
+        start = part.stop
+        out[symbol] = SymbolBatch(tables, None if ts is None else ts[part], price[part], size[part])
     return out

@@ -20,6 +20,8 @@ from ingest.bench.stages import bench_decode, bench_e2e, bench_pipeline, bench_s
 from ingest.bench.workload import BenchStream, make_workload
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ingest.config import Settings
 
 __all__ = ["STAGES", "BenchOptions", "Stage", "run_bench"]
@@ -152,7 +154,7 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _progress(*, quiet: bool) -> Any:
+def _progress(*, quiet: bool) -> Callable[[str], None]:
     def say(text: str) -> None:
         if not quiet:
             print(f"bench: {text}...", file=sys.stderr, flush=True)
