@@ -163,9 +163,12 @@ class DaemonLedger:
         for table, wanted in by_table.items():
             spec = table_spec(stream, table, self._indicators)
             writer = self._dataset.writers.get((stream, table))
-            buffered = writer.buffered_records() if writer is not None else []
-            if buffered:
-                check.remember_rows(table, _from_starts(_convert(spec, buffered), spec, wanted))
+            if writer is not None:  # before the files: a row sealed meanwhile is in one or both
+                buffered = writer.buffered_records()
+                if buffered:
+                    check.remember_rows(table, _from_starts(_convert(spec, buffered), spec, wanted))
+                for part in writer.retry_parts():
+                    check.remember_rows(table, _from_starts(part, spec, wanted))
             directory = self._settings.ingest.data_dir / stream / table
             stored = await anyio.to_thread.run_sync(_stored_from, directory, spec, wanted)
             check.remember_rows(table, stored)

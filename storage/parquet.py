@@ -227,6 +227,7 @@ class TableWriter:
         self._metadata = {k.encode(): v.encode() for k, v in metadata.items()}
         self._on_sealed = on_sealed
         self._buffer: list[Any] = []
+        self._sealing: list[Any] = []
         self._retry: list[tuple[str, pa.Table]] = []
         self._oldest: dict[str, int | None] = {"buffer": None, "sealing": None, "retry": None}
         self._seq = 0
@@ -238,8 +239,16 @@ class TableWriter:
         self._high_water = max(4 * settings.roll_rows, 10_000)
 
     def buffered_records(self) -> list[Any]:
-        """A copy of the records put but not yet handed to a seal (a back-fill's overlap check)."""
-        return list(self._buffer)
+        """A copy of the records put and not yet in a file: buffered, or in a seal under way.
+
+        A back-fill's overlap check reads this before the table's files, so a row moving from
+        here into a file meanwhile is seen in one place or the other, never in neither.
+        """
+        return [*self._sealing, *self._buffer]
+
+    def retry_parts(self) -> list[pa.Table]:
+        """Converted parts a failed seal left to retry (also in no file yet)."""
+        return [part for _, part in self._retry]
 
     @property
     def buffered_rows(self) -> int:
@@ -315,10 +324,12 @@ class TableWriter:
             if not self._buffer:
                 return True
             records, self._buffer = self._buffer, []
+            self._sealing = records
             self._oldest["sealing"], self._oldest["buffer"] = self._oldest["buffer"], None
             # Should converting raise (a bug), "sealing" stays set: the journal keeps the frames.
             result = await anyio.to_thread.run_sync(self._write, records)
             self._oldest["sealing"] = None
+            self._sealing = []
             if result.refused:
                 log.warning(
                     "records_refused",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import TYPE_CHECKING
 
 import anyio
@@ -10,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import storage.parquet
 from ingest.config import StorageSettings
 from ingest.errors import StorageError
 from storage.parquet import open_dataset
@@ -124,3 +126,44 @@ class TestRefusedRecords:
         (path,) = files(tmp_path)
         assert pq.read_table(path)["trade_id"].to_pylist() == [0, 1, 2, 4, 5, 6]
         assert refused == [("stocks", "trades", [3])]
+
+
+class TestUnsealedRows:
+    def test_rows_in_a_seal_under_way_stay_visible(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Rows handed to a seal are in `buffered_records` until their file exists.
+
+        A back-fill's overlap check reads the writer and then the files: a row in neither
+        (a slow disk mid-write) would be fetched from REST and stored twice.
+        """
+        entered, release = threading.Event(), threading.Event()
+        real = storage.parquet.write_parquet_atomically
+
+        def held(*args: object, **kwargs: object) -> None:
+            entered.set()
+            release.wait(10)
+            real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(storage.parquet, "write_parquet_atomically", held)
+        during: list[list[int]] = []
+        after: list[list[int]] = []
+
+        async def main() -> None:
+            async with open_dataset(
+                tmp_path, StorageSettings(), writer_id="w", metadata={}, indicator_columns=()
+            ) as dataset:
+                writer = dataset.writer("stocks", "trades")
+                await writer.put([trade("A", "2024-07-01T10:00:00Z", i) for i in range(3)])
+                async with anyio.create_task_group() as group:
+                    group.start_soon(writer.seal)
+                    await anyio.to_thread.run_sync(entered.wait, 10)
+                    await writer.put([trade("A", "2024-07-01T10:00:01Z", 7)])
+                    during.append([r.i for r in writer.buffered_records()])
+                    during.append([len(await anyio.to_thread.run_sync(files, tmp_path))])
+                    release.set()
+                after.append([r.i for r in writer.buffered_records()])
+
+        anyio.run(main)
+        assert during == [[0, 1, 2, 7], [0]]
+        assert after == [[7]]
