@@ -3,7 +3,9 @@
 A partition `<stream>/<table>/date=D` is closed once its UTC day ended `[storage] compact_after`
 ago. Its files are merged into files of at most `MAX_ROWS` rows sorted by the table's sort order
 (symbol, ts), with the union of their schemas (an added nullable column reads as null in older
-rows). Row count and an order-independent content checksum are compared before the swap.
+rows). Row count and an order-independent content checksum are compared before the swap. A table
+whose rows are restated (`TableSpec.versions`: news articles, edited after publication) keeps the
+newest version of each row only; the checksum is then the kept rows'.
 
 The swap is one step for readers. A transaction works in `<data_dir>/_compact/<txn>/`:
 
@@ -60,6 +62,7 @@ __all__ = [
     "compact_dataset",
     "content_checksum",
     "describe",
+    "latest_versions",
     "repair_compactions",
 ]
 
@@ -82,6 +85,8 @@ class PartitionCompacted:
     files_after: int
     rows: int
     checksum: str
+    superseded: int = 0
+    """Earlier versions of restated rows (news articles) left out: the newest one is kept."""
 
 
 # --- checksums ---------------------------------------------------------------------------------
@@ -113,6 +118,16 @@ def content_checksum(table: pa.Table) -> str:
         else:
             digest.update(repr(column.to_pylist()).encode())
     return digest.hexdigest()[:16]
+
+
+def latest_versions(table: pa.Table, identity: str, version: str) -> tuple[pa.Table, int]:
+    """The newest version of each identity, and how many earlier versions were left out."""
+    ordered = table.sort_by([(identity, "ascending"), (version, "descending")])
+    ids = ordered[identity].to_numpy(zero_copy_only=False)
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    kept = ordered.filter(pa.array(first))
+    return kept, table.num_rows - kept.num_rows
 
 
 # --- the protocol ------------------------------------------------------------------------------
@@ -180,6 +195,9 @@ def _compact_partition(
             f"columns ({exc}); see docs/schema.md"
         )
         raise StorageError(msg) from exc
+    superseded = 0
+    if spec.versions is not None:
+        merged, superseded = latest_versions(merged, *spec.versions)
     before = content_checksum(merged)
     metadata = dict(pieces[0].schema.metadata or {})
     metadata[b"ingest.compacted_from"] = str(len(inputs)).encode()
@@ -243,6 +261,7 @@ def _compact_partition(
         len(names),
         merged.num_rows,
         before,
+        superseded,
     )
     log.info(
         "partition_compacted",
@@ -252,6 +271,7 @@ def _compact_partition(
         files_before=result.files_before,
         files_after=result.files_after,
         rows=result.rows,
+        superseded=result.superseded,
         checksum=result.checksum,
     )
     return result
@@ -357,5 +377,6 @@ def describe(results: Sequence[PartitionCompacted]) -> str:
     return "\n".join(
         f"{r.stream}/{r.table} date={r.date}: {r.files_before} files -> {r.files_after}, "
         f"{r.rows} rows, checksum {r.checksum}"
+        + (f", {r.superseded} earlier versions replaced" if r.superseded else "")
         for r in results
     )

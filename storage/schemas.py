@@ -53,6 +53,8 @@ class TableSpec:
     """Columns whose values identify a row: two rows with equal keys are one fact, stored once."""
     watermark_column: str = "ts"
     """The time column de-duplication compares against the dataset's newest row."""
+    versions: tuple[str, str] | None = None
+    """(identity, version) columns when a row can be restated: compaction keeps the newest."""
 
 
 def parse_timestamps(values: Sequence[str]) -> pa.Array[Any]:
@@ -501,6 +503,7 @@ _SPECS: Final[dict[tuple[StreamName, str], TableSpec]] = {
         sort_by=("created_at", "id"),
         keys=("id", "updated_at"),
         watermark_column="updated_at",
+        versions=("id", "updated_at"),
     ),
 }
 

@@ -18,15 +18,17 @@ import pytest
 
 from ingest.app import run_daemon
 from ingest.cli import main
-from ingest.config import settings_from_mapping
-from storage.compact import COMPACT_DIR, STEPS, compact_dataset, content_checksum
+from ingest.config import StorageSettings, settings_from_mapping
+from storage.compact import COMPACT_DIR, STEPS, compact_dataset, content_checksum, describe
+from storage.parquet import open_dataset
+from streams.messages import NewsArticle
 from streams.sim import SimSource
 from tests.storage.daemon import ROOT
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from ingest.config import Settings
+    from ingest.config import Settings, StreamName
 
 TABLES = ("trades", "quotes", "bars")
 
@@ -40,6 +42,18 @@ def run_stocks(settings: Settings) -> Path:
     source = SimSource(small, ("stocks",))
     anyio.run(functools.partial(run_daemon, small, source, duration=1.2))
     return settings.ingest.data_dir
+
+
+def write_records(root: Path, stream: StreamName, table: str, records: list[Any], n: int) -> None:
+    """Seal `records` into one file of `stream/table`, as writer `n`."""
+
+    async def main() -> None:
+        async with open_dataset(
+            root, StorageSettings(), writer_id=f"w{n}", metadata={}, indicator_columns=()
+        ) as dataset:
+            await dataset.writer(stream, table).put(records)
+
+    anyio.run(main)
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +177,34 @@ class TestCompaction:
         out = capsys.readouterr().out
         assert "stocks/trades date=2024-07-01:" in out
         assert " -> 1, " in out
+
+    def test_an_edited_article_keeps_its_last_version(self, tmp_path: Path) -> None:
+        """Versions of one news article (same id, later `updated_at`) become its newest one."""
+
+        def article(i: int, updated: str, headline: str) -> NewsArticle:
+            return NewsArticle(
+                id=i,
+                headline=headline,
+                created_at="2024-07-01T14:00:00Z",
+                updated_at=updated,
+                symbols=["AAPL"],
+                recv_ns=1,
+            )
+
+        batches = [
+            [article(1, "2024-07-01T14:00:00Z", "first"), article(2, "2024-07-01T14:00:00Z", "x")],
+            [article(1, "2024-07-01T15:00:00Z", "edited")],
+            [article(1, "2024-07-01T16:00:00Z", "edited again")],
+        ]
+        for n, batch in enumerate(batches):  # one file each, as from three seals
+            write_records(tmp_path, "news", "articles", batch, n)
+        (result,) = compact_dataset(tmp_path, table="articles")
+        (path,) = tmp_path.glob("news/articles/date=2024-07-01/*.parquet")
+        rows = pq.read_table(path).sort_by("id")
+        assert rows["id"].to_pylist() == [1, 2]
+        assert rows["headline"].to_pylist() == ["edited again", "x"]
+        assert (result.rows, result.superseded) == (2, 2)
+        assert "2 earlier versions replaced" in describe([result])
 
     @pytest.mark.parametrize(
         ("args", "message"),
