@@ -42,17 +42,15 @@ def tmpfs(path: Path, size: str, *, read_only: bool = False) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
-def fill(path: Path) -> Path:
-    """Write a ballast file until the filesystem is full."""
-    ballast = path / "ballast"
-    with ballast.open("wb") as out, contextlib.suppress(OSError):
-        while True:
-            out.write(b"\0" * 65536)
-            out.flush()
-    with contextlib.suppress(OSError), ballast.open("ab") as out:
-        while True:
-            out.write(b"\0" * 512)
-            out.flush()
+def fill(ballast: Path) -> Path:
+    """Grow the ballast file (created before the daemon started) until the filesystem is full.
+
+    Unbuffered: a buffered file would raise ENOSPC again when closing, flushing what is left.
+    """
+    for block in (65536, 512):
+        with ballast.open("ab", buffering=0) as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * block)
     return ballast
 
 
@@ -111,7 +109,11 @@ class TestDiskFull:
 
         Once space comes back it carries on; every file stays readable, every trade stored once.
         """
-        with tmpfs(tmp_path / "mnt", "4m") as mount:
+        # Room for what the daemon writes in the seconds before the ballast fills it, even on
+        # a loaded machine; the ballast file exists before then, so opening it cannot fail.
+        with tmpfs(tmp_path / "mnt", "16m") as mount:
+            ballast = mount / "ballast"
+            ballast.touch()
             config = write_config(
                 tmp_path,
                 'roll_seconds = "0.3s"',
@@ -127,7 +129,7 @@ class TestDiskFull:
             port = daemon.wait_for("http_server_started")["port"]
             daemon.wait_for("streams_ready")
             time.sleep(0.5)
-            ballast = fill(mount)
+            fill(ballast)
             failed = [
                 daemon.wait_for(event, timeout=20)
                 for event in ("seal_failed", "journal_append_failed")
