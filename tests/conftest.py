@@ -11,6 +11,7 @@ import structlog
 from blockbuster import blockbuster_ctx
 
 from ingest.config import Settings, settings_from_mapping
+from tests.storage.daemon import Daemon
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -29,6 +30,13 @@ def _reset_logging() -> Iterator[None]:
     """A test that ran the CLI must not leave structlog writing to a closed capture stream."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _reap_daemons() -> Iterator[None]:
+    """A daemon subprocess never outlives its test, even one that failed midway."""
+    yield
+    Daemon.reap()
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 import pyarrow as pa
@@ -42,7 +42,11 @@ def write_config(
 class Daemon:
     """`python -m ingest ARGS` with its JSON log in a file (so it never blocks on a pipe)."""
 
+    running: ClassVar[list[Daemon]] = []
+    """Every daemon started; `reap` kills what a failed test left running."""
+
     def __init__(self, log: Path, *args: str) -> None:
+        Daemon.running.append(self)
         self.log = log
         self._out = log.open("w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -71,6 +75,14 @@ class Daemon:
             time.sleep(0.02)
         self.kill()
         pytest.fail(f"{event} not logged: {self.log.read_text()[-2000:]}")
+
+    @classmethod
+    def reap(cls) -> None:
+        """Kill every daemon still running (a test that failed before stopping its own)."""
+        for daemon in cls.running:
+            if daemon.proc.poll() is None:
+                daemon.kill()
+        cls.running.clear()
 
     def kill(self) -> None:
         """SIGKILL: no flush, no seal, no cleanup."""
