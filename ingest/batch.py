@@ -3,25 +3,35 @@
 The router builds these once per flush for every symbol at the same time, so the work that is
 cheap in bulk and dear per call -- parsing the trades' RFC 3339 timestamps, gathering prices and
 sizes into arrays -- runs once over thousands of trades rather than once per symbol.
+
+It also converts whole market tables of the flush (trades, quotes...) to Arrow in one go, for
+the table writers: the symbol column comes from the grouping, the trades' times, prices and sizes
+from the arrays above, so the rows are never gathered a second time. A table whose records do not
+convert (an unparseable time) is left to the symbol tasks, which write it record by record and
+let the writer refuse the bad ones.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import pyarrow as pa
 
+from storage.refusals import CONVERSION_ERRORS
 from storage.schemas import parse_timestamps
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import numpy.typing as npt
 
+    from storage.schemas import MarketConverter
     from streams.messages import AnyMessage
 
-__all__ = ["SymbolBatch", "build_batches"]
+__all__ = ["Flush", "SymbolBatch", "build_batches"]
 
 TRADES: Final = "trades"
 Tables = dict[str, list["AnyMessage"]]
@@ -39,6 +49,10 @@ class SymbolBatch:
     ts: npt.NDArray[np.int64] | None
     price: npt.NDArray[np.float64]
     size: npt.NDArray[np.float64]
+    unwritten: Tables = field(default_factory=dict)
+    """The records of `tables` the symbol task still hands to the writers: all but the tables
+    the router already converted and wrote in bulk. Its own dict (lists are never extended in
+    place: `absorb` builds new ones), so the two views cannot double up."""
 
     @property
     def count(self) -> int:
@@ -63,12 +77,10 @@ class SymbolBatch:
 
     def absorb(self, later: SymbolBatch) -> None:
         """Append a later batch of the same symbol (a task that fell behind catches up at once)."""
-        for table, rows in later.tables.items():
-            mine = self.tables.get(table)
-            if mine is None:
-                self.tables[table] = rows
-            else:
-                mine += rows
+        for view, more in ((self.tables, later.tables), (self.unwritten, later.unwritten)):
+            for table, rows in more.items():
+                mine = view.get(table)
+                view[table] = rows if mine is None else mine + rows
         if self.ts is None or later.ts is None:
             self.ts = None
         else:
@@ -85,8 +97,22 @@ def _epoch_ns(trades: list[AnyMessage]) -> npt.NDArray[np.int64]:
     return np.asarray(parse_timestamps(stamps).cast(pa.int64()).to_numpy(), np.int64)
 
 
-def build_batches(pending: dict[str, Tables]) -> dict[str, SymbolBatch]:
-    """Every symbol's batch of a flush, with one timestamp parse for all the flush's trades."""
+@dataclass(slots=True)
+class Flush:
+    """A flush's batches per symbol, and the tables converted in bulk for the writers."""
+
+    batches: dict[str, SymbolBatch]
+    tables: dict[str, tuple[pa.Table, int]]
+    """Table name: (its rows of the whole flush, the oldest receive time among them)."""
+
+
+def build_batches(
+    pending: dict[str, Tables], converters: Mapping[str, MarketConverter] | None = None
+) -> Flush:
+    """Every symbol's batch of a flush, with one timestamp parse for all the flush's trades.
+
+    Tables with a converter in `converters` are also converted in bulk (see the module's doc).
+    """
     trades = list(itertools.chain.from_iterable(t.get(TRADES, ()) for t in pending.values()))
     ts: npt.NDArray[np.int64] | None = _NO_INTS
     if trades:
@@ -96,10 +122,44 @@ def build_batches(pending: dict[str, Tables]) -> dict[str, SymbolBatch]:
             ts = None
     price = np.array([t.p for t in trades], np.float64)  # type: ignore[union-attr]
     size = np.array([t.s for t in trades], np.float64)  # type: ignore[union-attr]
+    bulk: dict[str, tuple[pa.Table, int]] = {}
+    for table, converter in (converters or {}).items():
+        known = {"price": price, "size": size, "ts": ts} if table == TRADES else {}
+        if known.get("ts", _NO_INTS) is None:
+            continue
+        built = _convert_bulk(pending, table, converter, known)
+        if built is not None:
+            bulk[table] = built
     out: dict[str, SymbolBatch] = {}
     start = 0
     for symbol, tables in pending.items():
         part = slice(start, start + len(tables.get(TRADES, ())))
         start = part.stop
-        out[symbol] = SymbolBatch(tables, None if ts is None else ts[part], price[part], size[part])
-    return out
+        unwritten = {t: rows for t, rows in tables.items() if t not in bulk}
+        out[symbol] = SymbolBatch(
+            tables, None if ts is None else ts[part], price[part], size[part], unwritten
+        )
+    return Flush(out, bulk)
+
+
+def _convert_bulk(
+    pending: dict[str, Tables],
+    table: str,
+    converter: MarketConverter,
+    known: dict[str, npt.NDArray[np.int64] | npt.NDArray[np.float64] | None],
+) -> tuple[pa.Table, int] | None:
+    """One table's records of every symbol of the flush as one Arrow table, or None."""
+    groups = [(symbol, tables[table]) for symbol, tables in pending.items() if table in tables]
+    if not groups:
+        return None
+    counts = np.fromiter((len(rows) for _, rows in groups), np.int64, len(groups))
+    codes = np.repeat(np.arange(len(groups), dtype=np.int32), counts)
+    symbols = pa.DictionaryArray.from_arrays(
+        codes, pa.array([symbol for symbol, _ in groups], pa.string())
+    )
+    records = list(itertools.chain.from_iterable(rows for _, rows in groups))
+    try:
+        converted = converter.with_columns(records, {"symbol": symbols, **known})
+    except CONVERSION_ERRORS:
+        return None  # the symbol tasks write these records; the writer refuses the bad ones
+    return converted, min(rows[0].recv_ns for _, rows in groups)

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
 
 import anyio
 import numpy as np
@@ -30,7 +30,7 @@ from ingest.corrections import TradeMemory, apply_correction
 from ingest.pipeline import PipelineOutput, SymbolPipeline
 from ingest.screen import parseable_timestamps, screen_frame
 from storage.parquet import SEAL_GRACE_SECONDS, Dataset
-from storage.schemas import parse_timestamps, table_for
+from storage.schemas import MarketConverter, parse_timestamps, table_for, table_spec
 from streams.messages import (
     AnyMessage,
     CancelError,
@@ -58,6 +58,7 @@ log = structlog.get_logger("router")
 _T = attrgetter("t")
 _STAMP = {"articles": attrgetter("created_at")}
 _CORRECTIONS = ("corrections", "cancels")
+_NOT_BULK: Final = frozenset(_CORRECTIONS)
 
 Tables = dict[str, list[AnyMessage]]
 _UNKNOWN: Final = "?"
@@ -133,6 +134,7 @@ class StreamRouter:
         self._room = anyio.Event()
         """Set by each flush: wakes a `deliver` waiting for the pending batches to shrink."""
         self._tables: dict[type, str | None] = {}
+        self._converters: dict[str, MarketConverter | Literal[False]] = {}
         self.warmup: Warmup = {}
         """Closes each symbol's series start from (`ingest.warmup`); set before `run`."""
 
@@ -211,7 +213,8 @@ class StreamRouter:
                 self._wake = anyio.Event()
                 continue
             pending, self._pending, self._pending_count = self._pending, {}, 0
-            batches = build_batches(pending)
+            flush = build_batches(pending, self._bulk_converters(pending))
+            batches = flush.batches
             # Every batch is in flight before the first hand-over can wait: what has not reached
             # the writers stays visible to journal-segment deletion and to back-fill settling.
             for symbol, batch in batches.items():
@@ -221,8 +224,32 @@ class StreamRouter:
             self._pending_since = None
             self._room.set()
             self._room = anyio.Event()
+            for table, (rows, oldest_ns) in flush.tables.items():
+                await self._dataset.writer(self.stream, table).put_table(rows, oldest_ns)
             for symbol, batch in batches.items():
                 await self._hand_over(symbol, batch)
+
+    def _bulk_converters(self, pending: dict[str, Tables]) -> dict[str, MarketConverter]:
+        """The tables of this flush the router converts and writes in bulk.
+
+        Market tables whose writer takes tables (no recovery filter), under the `block` policy
+        only (a dropped batch must not have been stored), corrections and cancels never (their
+        `applied` is set by the symbol task before they are written).
+        """
+        if self._settings.storage.backpressure != "block":
+            return {}
+        names = {table for tables in pending.values() for table in tables}
+        converters: dict[str, MarketConverter] = {}
+        for table in names - _NOT_BULK:
+            converter = self._converters.get(table)
+            if converter is None:
+                to_table = table_spec(self.stream, table, ()).to_table
+                converter = self._converters[table] = (
+                    to_table if isinstance(to_table, MarketConverter) else False
+                )
+            if converter and self._dataset.writer(self.stream, table).takes_tables:
+                converters[table] = converter
+        return converters
 
     async def _hand_over(self, symbol: str, batch: SymbolBatch) -> None:
         send = self._sends[symbol]
@@ -327,8 +354,9 @@ class StreamRouter:
             await self._correct_in_order(symbol, pipeline, memory, tables)
         state = self.symbols[symbol]
         seen = state.seen
-        for table, records in tables.items():
+        for table, records in batch.unwritten.items():
             await self._dataset.writer(self.stream, table).put(records)
+        for table, records in tables.items():
             self._metrics.messages.inc(self.stream, table, amount=len(records))
             # A lower bound of the newest stamp, O(1) a batch: the batch's last (canonical RFC
             # 3339 UTC text sorts like time). A back-fill checks every row from there on.

@@ -8,11 +8,12 @@ per field. Schema evolution rules are in `docs/schema.md`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Final
 
+import numpy as np
 import pyarrow as pa
 
 from streams import messages as m
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TIMESTAMP",
+    "MarketConverter",
     "TableSpec",
     "bars_spec",
     "describe_tables",
@@ -221,33 +223,52 @@ Column = str | Callable[[Sequence[Any]], Any] | None
 """Where a column comes from: a record attribute, a function of all records, or nulls."""
 
 
-def _market(schema: pa.Schema, columns: dict[str, Column]) -> Converter:
-    """A converter for records with `S` and `t`: symbol, ts and recv_ts plus `columns`.
+class MarketConverter:
+    """Builds a table of records with `S` and `t`: symbol, ts and recv_ts plus `columns`.
 
-    A schema with a `backfilled` column takes it from the records' `backfilled` flag.
+    A schema with a `backfilled` column takes it from the records' `backfilled` flag. Called with
+    `known` columns (the router's bulk build per flush: the symbols from its grouping, trades'
+    times, prices and sizes it already parsed), it gathers only the rest from the records.
     """
-    if "backfilled" in schema.names:
-        columns = {**columns, "backfilled": "backfilled"}
-    attributes = {
-        name: attrgetter(source) for name, source in columns.items() if isinstance(source, str)
-    }
 
-    def convert(rs: Sequence[Any]) -> pa.Table:
-        built: dict[str, Any] = {
-            "symbol": pa.array(list(map(_SYMBOL, rs)), pa.string()).dictionary_encode(),
-            "ts": parse_timestamps(list(map(_TIME, rs))),
-            "recv_ts": pa.array(list(map(_RECV, rs)), TIMESTAMP),
+    __slots__ = ("_attributes", "_columns", "_schema")
+
+    def __init__(self, schema: pa.Schema, columns: dict[str, Column]) -> None:
+        if "backfilled" in schema.names:
+            columns = {**columns, "backfilled": "backfilled"}
+        self._schema = schema
+        self._columns = columns
+        self._attributes = {
+            name: attrgetter(source) for name, source in columns.items() if isinstance(source, str)
         }
-        for name, source in columns.items():
+
+    def __call__(self, rs: Sequence[Any]) -> pa.Table:
+        """The table of `rs`, every column gathered from the records."""
+        return self.with_columns(rs, {})
+
+    def with_columns(self, rs: Sequence[Any], known: Mapping[str, Any]) -> pa.Table:
+        """The table of `rs`, taking the columns in `known` as given (arrays of len(rs))."""
+        built: dict[str, Any] = dict(known)
+        if "symbol" not in built:
+            built["symbol"] = pa.array(list(map(_SYMBOL, rs)), pa.string()).dictionary_encode()
+        if "ts" not in built:
+            built["ts"] = parse_timestamps(list(map(_TIME, rs)))
+        if "recv_ts" not in built:
+            built["recv_ts"] = np.fromiter(map(_RECV, rs), np.int64, len(rs))
+        for name, source in self._columns.items():
+            if name in built:
+                continue
             if source is None:
-                built[name] = pa.nulls(len(rs), schema.field(name).type)
+                built[name] = pa.nulls(len(rs), self._schema.field(name).type)
             elif isinstance(source, str):
-                built[name] = list(map(attributes[name], rs))
+                built[name] = list(map(self._attributes[name], rs))
             else:
                 built[name] = source(rs)
-        return _build(schema, built)
+        return _build(self._schema, built)
 
-    return convert
+
+def _market(schema: pa.Schema, columns: dict[str, Column]) -> MarketConverter:
+    return MarketConverter(schema, columns)
 
 
 _SYMBOL: Final = attrgetter("S")

@@ -184,7 +184,7 @@ class TestBuildBatches:
                 ]
             },
         }
-        batches = build_batches(pending)
+        batches = build_batches(pending).batches
         assert list(batches) == ["A", "B", "C"]
         ts, price, _ = batches["C"].trade_columns()
         assert ts.tolist() == [1719844201500000000, 1719844202000000000]
@@ -196,14 +196,14 @@ class TestBuildBatches:
             "A": {"trades": [_trade("A", "2024-07-01T14:30:00Z", 1.0)]},
             "B": {"trades": [_trade("B", "yesterday", 1.0)]},
         }
-        batches = build_batches(pending)
+        batches = build_batches(pending).batches
         assert batches["A"].trade_columns()[0].tolist() == [1719844200000000000]
         with pytest.raises(ValueError, match="yesterday"):
             batches["B"].trade_columns()
 
     def test_absorb_appends_tables_and_columns(self) -> None:
-        first = build_batches({"A": {"trades": [_trade("A", "2024-07-01T14:30:00Z", 1.0)]}})
-        later = build_batches({"A": {"trades": [_trade("A", "2024-07-01T14:30:01Z", 2.0)]}})
+        first = build_batches({"A": {"trades": [_trade("A", "2024-07-01T14:30:00Z", 1.0)]}}).batches
+        later = build_batches({"A": {"trades": [_trade("A", "2024-07-01T14:30:01Z", 2.0)]}}).batches
         batch = first["A"]
         batch.absorb(later["A"])
         assert batch.count == 2
