@@ -76,6 +76,7 @@ class TestMsgpackDecoding:
             expected = twin.decode(json.dumps(frame["json_equivalent"]).encode(), 1)
             assert not decoded.rejects
             for got, want in zip(decoded.messages, expected.messages, strict=True):
+                assert type(got) is type(want)  # the wire twin became its target in place
                 if hasattr(want, "t"):
                     stamps = parse_timestamps([got.t, want.t])  # type: ignore[union-attr]
                     assert stamps[0] == stamps[1]
