@@ -167,7 +167,7 @@ class DaemonLedger:
                 buffered = writer.buffered_records()
                 if buffered:
                     check.remember_rows(table, _from_starts(_convert(spec, buffered), spec, wanted))
-                for part in writer.retry_parts():
+                for part in [*writer.buffered_tables(), *writer.retry_parts()]:
                     check.remember_rows(table, _from_starts(part, spec, wanted))
             directory = self._settings.ingest.data_dir / stream / table
             stored = await anyio.to_thread.run_sync(_stored_from, directory, spec, wanted)

@@ -308,13 +308,16 @@ class TableWriter:
 
         For writers without an admission filter only (`takes_tables`): a filter judges records.
         """
-        if not table.num_rows:
-            return
-        await self._room()
-        self._took(oldest_recv_ns)
-        self._tables.append(table)
-        self._table_rows += table.num_rows
-        self._filled()
+        done = 0
+        while done < table.num_rows:  # in slices that fit: the buffer never passes its bound
+            await self._room()
+            room = table.num_rows if self._closing else self._high_water - self.buffered_rows
+            part = table.slice(done, max(room, 1))
+            done += part.num_rows
+            self._took(oldest_recv_ns)
+            self._tables.append(part)
+            self._table_rows += part.num_rows
+            self._filled()
 
     @property
     def takes_tables(self) -> bool:

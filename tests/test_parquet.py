@@ -15,6 +15,7 @@ import storage.parquet
 from ingest.config import StorageSettings
 from ingest.errors import StorageError
 from storage.parquet import open_dataset
+from storage.schemas import table_spec
 from streams.messages import StockTrade
 
 if TYPE_CHECKING:
@@ -167,3 +168,30 @@ class TestUnsealedRows:
         anyio.run(main)
         assert during == [[0, 1, 2, 7], [0]]
         assert after == [[7]]
+
+
+class TestTables:
+    def test_rows_put_as_a_table_and_as_records_share_one_sorted_file(self, tmp_path: Path) -> None:
+        """The router's bulk tables and a symbol task's records are sealed together, sorted."""
+        spec = table_spec("stocks", "trades", ())
+
+        async def main() -> None:
+            async with open_dataset(
+                tmp_path, StorageSettings(), writer_id="w", metadata={}, indicator_columns=()
+            ) as dataset:
+                writer = dataset.writer("stocks", "trades")
+                assert writer.takes_tables
+                bulk = [
+                    trade("B", "2024-07-01T10:00:02Z", 1),
+                    trade("A", "2024-07-01T10:00:03Z", 2),
+                ]
+                await writer.put_table(spec.to_table(bulk), 1)
+                await writer.put([trade("A", "2024-07-01T10:00:01Z", 3)])
+                assert writer.buffered_rows == 3
+                assert [t.num_rows for t in writer.buffered_tables()] == [2]
+
+        anyio.run(main)
+        (path,) = files(tmp_path)
+        table = pq.read_table(path)
+        assert table["symbol"].to_pylist() == ["A", "A", "B"]
+        assert table["trade_id"].to_pylist() == [3, 2, 1]
