@@ -14,7 +14,7 @@ let the writer refuse the bad ones.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
@@ -49,7 +49,7 @@ class SymbolBatch:
     ts: npt.NDArray[np.int64] | None
     price: npt.NDArray[np.float64]
     size: npt.NDArray[np.float64]
-    unwritten: Tables = field(default_factory=dict)
+    unwritten: Tables
     """The records of `tables` the symbol task still hands to the writers: all but the tables
     the router already converted and wrote in bulk. Its own dict (lists are never extended in
     place: `absorb` builds new ones), so the two views cannot double up."""
@@ -124,10 +124,14 @@ def build_batches(
     size = np.array([t.s for t in trades], np.float64)  # type: ignore[union-attr]
     bulk: dict[str, tuple[pa.Table, int]] = {}
     for table, converter in (converters or {}).items():
-        known = {"price": price, "size": size, "ts": ts} if table == TRADES else {}
-        if known.get("ts", _NO_INTS) is None:
+        if table != TRADES:
+            built = _convert_bulk(pending, table, converter, {})
+        elif ts is not None:  # else the bulk parse failed: the writer judges trade by trade
+            built = _convert_bulk(
+                pending, table, converter, {"price": price, "size": size, "ts": ts}
+            )
+        else:
             continue
-        built = _convert_bulk(pending, table, converter, known)
         if built is not None:
             bulk[table] = built
     out: dict[str, SymbolBatch] = {}
@@ -146,7 +150,7 @@ def _convert_bulk(
     pending: dict[str, Tables],
     table: str,
     converter: MarketConverter,
-    known: dict[str, npt.NDArray[np.int64] | npt.NDArray[np.float64] | None],
+    known: dict[str, npt.NDArray[np.int64] | npt.NDArray[np.float64]],
 ) -> tuple[pa.Table, int] | None:
     """One table's records of every symbol of the flush as one Arrow table, or None."""
     groups = [(symbol, tables[table]) for symbol, tables in pending.items() if table in tables]

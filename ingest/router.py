@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import anyio
 import numpy as np
@@ -134,7 +134,8 @@ class StreamRouter:
         self._room = anyio.Event()
         """Set by each flush: wakes a `deliver` waiting for the pending batches to shrink."""
         self._tables: dict[type, str | None] = {}
-        self._converters: dict[str, MarketConverter | Literal[False]] = {}
+        self._converters: dict[str, MarketConverter | None] = {}
+        """Per table, its converter if it is a market table (None: never converted in bulk)."""
         self.warmup: Warmup = {}
         """Closes each symbol's series start from (`ingest.warmup`); set before `run`."""
 
@@ -241,13 +242,13 @@ class StreamRouter:
         names = {table for tables in pending.values() for table in tables}
         converters: dict[str, MarketConverter] = {}
         for table in names - _NOT_BULK:
-            converter = self._converters.get(table)
-            if converter is None:
+            if table not in self._converters:
                 to_table = table_spec(self.stream, table, ()).to_table
-                converter = self._converters[table] = (
-                    to_table if isinstance(to_table, MarketConverter) else False
+                self._converters[table] = (
+                    to_table if isinstance(to_table, MarketConverter) else None
                 )
-            if converter and self._dataset.writer(self.stream, table).takes_tables:
+            converter = self._converters[table]
+            if converter is not None and self._dataset.writer(self.stream, table).takes_tables:
                 converters[table] = converter
         return converters
 

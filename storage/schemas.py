@@ -267,10 +267,6 @@ class MarketConverter:
         return _build(self._schema, built)
 
 
-def _market(schema: pa.Schema, columns: dict[str, Column]) -> MarketConverter:
-    return MarketConverter(schema, columns)
-
-
 _SYMBOL: Final = attrgetter("S")
 _TIME: Final = attrgetter("t")
 _RECV: Final = attrgetter("recv_ns")
@@ -302,7 +298,7 @@ _QUOTE: Final[dict[str, Column]] = {
     "ask_size": "as_",
 }
 
-_stock_trades = _market(
+_stock_trades = MarketConverter(
     TRADES,
     {
         "price": "p",
@@ -314,7 +310,7 @@ _stock_trades = _market(
         "taker_side": None,
     },
 )
-_crypto_trades = _market(
+_crypto_trades = MarketConverter(
     TRADES,
     {
         "price": "p",
@@ -326,7 +322,7 @@ _crypto_trades = _market(
         "taker_side": lambda rs: [r.tks or None for r in rs],
     },
 )
-_option_trades = _market(
+_option_trades = MarketConverter(
     OPTION_TRADES,
     {
         "price": "p",
@@ -339,15 +335,15 @@ _option_trades = _market(
         **_OCC,
     },
 )
-_stock_quotes = _market(
+_stock_quotes = MarketConverter(
     QUOTES,
     {**_QUOTE, "bid_exchange": "bx", "ask_exchange": "ax", "conditions": "c", "tape": "z"},
 )
-_crypto_quotes = _market(
+_crypto_quotes = MarketConverter(
     QUOTES,
     {**_QUOTE, "bid_exchange": None, "ask_exchange": None, "conditions": None, "tape": None},
 )
-_option_quotes = _market(
+_option_quotes = MarketConverter(
     OPTION_QUOTES,
     {
         **_QUOTE,
@@ -358,7 +354,7 @@ _option_quotes = _market(
         **_OCC,
     },
 )
-_vendor_bars = _market(
+_vendor_bars = MarketConverter(
     VENDOR_BARS,
     {
         "bar_kind": lambda rs: [_BAR_KIND[type(r)] for r in rs],
@@ -371,7 +367,7 @@ _vendor_bars = _market(
         "vwap": "vw",
     },
 )
-_statuses = _market(
+_statuses = MarketConverter(
     STATUSES,
     {
         "status_code": "sc",
@@ -381,8 +377,8 @@ _statuses = _market(
         "tape": "z",
     },
 )
-_lulds = _market(LULDS, {"limit_up": "u", "limit_down": "d", "indicator": "i", "tape": "z"})
-_corrections = _market(
+_lulds = MarketConverter(LULDS, {"limit_up": "u", "limit_down": "d", "indicator": "i", "tape": "z"})
+_corrections = MarketConverter(
     CORRECTIONS,
     {
         "exchange": "x",
@@ -398,7 +394,7 @@ _corrections = _market(
         "applied": _applied,
     },
 )
-_cancels = _market(
+_cancels = MarketConverter(
     CANCELS,
     {
         "trade_id": "i",
@@ -410,7 +406,7 @@ _cancels = _market(
         "applied": _applied,
     },
 )
-_imbalances = _market(IMBALANCES, {"price": "p", "tape": "z"})
+_imbalances = MarketConverter(IMBALANCES, {"price": "p", "tape": "z"})
 
 
 def _levels(side: str) -> Callable[[Sequence[Any]], list[Any]]:
@@ -420,7 +416,9 @@ def _levels(side: str) -> Callable[[Sequence[Any]], list[Any]]:
     return column
 
 
-_orderbooks = _market(ORDERBOOKS, {"bids": _levels("b"), "asks": _levels("a"), "reset": "r"})
+_orderbooks = MarketConverter(
+    ORDERBOOKS, {"bids": _levels("b"), "asks": _levels("a"), "reset": "r"}
+)
 
 
 def _articles(rs: Sequence[m.NewsArticle]) -> pa.Table:

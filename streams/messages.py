@@ -403,7 +403,6 @@ def format_msgpack_timestamp(ext: msgspec.msgpack.Ext) -> str:
 _PREFIXES: dict[int, str] = {}
 """Seconds since the epoch: their RFC 3339 text up to the point (strftime is the dear part)."""
 _PREFIX_CACHE: Final = 4096
-_T_ONLY: Final = ("t",)
 _STAMP_FIELDS: Final = ("t", "created_at", "updated_at")
 
 
@@ -442,11 +441,8 @@ class _Converter:
 
     def __call__(self, wire: Any) -> None:
         """Format the stamps of `wire` and make it a target instance."""
-        if self._stamps == _T_ONLY:  # trades, quotes, bars: the one stamp is `t`
-            wire.t = format_msgpack_timestamp(wire.t)
-        else:
-            for name in self._stamps:
-                setattr(wire, name, format_msgpack_timestamp(getattr(wire, name)))
+        for name in self._stamps:
+            setattr(wire, name, format_msgpack_timestamp(getattr(wire, name)))
         wire.__class__ = self._target
 
 
