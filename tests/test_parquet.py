@@ -14,7 +14,7 @@ import pytest
 import storage.parquet
 from ingest.config import StorageSettings
 from ingest.errors import StorageError
-from storage.parquet import open_dataset
+from storage.parquet import COMPACT_ROWS, open_dataset
 from storage.schemas import table_spec
 from streams.messages import StockTrade
 
@@ -195,3 +195,60 @@ class TestTables:
         table = pq.read_table(path)
         assert table["symbol"].to_pylist() == ["A", "A", "B"]
         assert table["trade_id"].to_pylist() == [3, 2, 1]
+
+
+class TestCompactBuffer:
+    """Buffered records become Arrow every `COMPACT_ROWS`.
+
+    A table held for `roll_seconds` (bars, anomalies) must not keep ~1 KB of Python objects a row.
+    """
+
+    def test_records_past_the_chunk_are_held_as_arrow(self, tmp_path: Path) -> None:
+        held: list[tuple[int, list[int]]] = []
+        count = COMPACT_ROWS + 5
+
+        async def main() -> None:
+            async with open_dataset(
+                tmp_path, StorageSettings(), writer_id="w", metadata={}, indicator_columns=()
+            ) as dataset:
+                writer = dataset.writer("stocks", "trades")
+                for i in range(count):
+                    await writer.put([trade("A", "2024-07-01T10:00:00Z", i)])
+                held.append(
+                    (len(writer.buffered_records()), [t.num_rows for t in writer.buffered_tables()])
+                )
+
+        anyio.run(main)
+        assert held == [(5, [COMPACT_ROWS])]
+        (path,) = files(tmp_path)
+        assert pq.read_table(path)["trade_id"].to_pylist() == list(range(count))
+
+    def test_a_record_refused_while_compacting_is_handed_over_at_the_seal(
+        self, tmp_path: Path
+    ) -> None:
+        refused: list[list[int]] = []
+
+        async def on_refused(stream: str, table: str, records: list[tuple[object, str]]) -> None:
+            refused.append([r.i for r, _ in records])  # type: ignore[attr-defined]
+
+        records = [trade("A", "2024-07-01T10:00:00Z", i) for i in range(COMPACT_ROWS)]
+        records[10] = trade("A", "2024-07-01T25:61:00Z", 10)
+
+        async def main() -> None:
+            async with open_dataset(
+                tmp_path,
+                StorageSettings(),
+                writer_id="w",
+                metadata={},
+                indicator_columns=(),
+                on_refused=on_refused,
+            ) as dataset:
+                writer = dataset.writer("stocks", "trades")
+                await writer.put(records)
+                assert writer.buffered_records() == []
+                assert writer.buffered_rows == COMPACT_ROWS - 1
+
+        anyio.run(main)
+        assert refused == [[10]]
+        (path,) = files(tmp_path)
+        assert pq.read_table(path).num_rows == COMPACT_ROWS - 1
