@@ -96,6 +96,12 @@ class TestWorkload:
         first = decoder.decode(workload.frames[0], 0)
         assert not first.rejects
         assert first.messages[0].t == "2024-07-01T14:30:00.000000000Z"  # type: ignore[union-attr]
+        assert first.messages[1].t == "2024-07-01T14:30:00.001000000Z"  # type: ignore[union-attr]
+        # The smallest Timestamp form, as Alpaca's server writes it: fixext 4 for whole seconds,
+        # fixext 8 otherwise (the decoder's fast path), never the 12-byte form before 2514.
+        assert b"\xd6\xff" in workload.frames[0]
+        assert b"\xd7\xff" in workload.frames[0]
+        assert b"\xc7\x0c\xff" not in workload.frames[0]
 
     def test_is_deterministic(self) -> None:
         assert make_workload(1_000, 9).frames == make_workload(1_000, 9).frames
