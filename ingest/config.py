@@ -183,7 +183,7 @@ class StorageSettings:
     fsync: FsyncPolicy = "batch"
     fsync_interval_ms: int = 200
     queue_size: int = 1024
-    """Bound of each memory stream between stages, in batches."""
+    """Bound of each queue between stages: frames waiting for the journal, batches per symbol."""
     backpressure: BackpressurePolicy = "block"
     journal: bool = True
     """Append every received frame to `_journal/` before the pipeline sees it (crash recovery)."""

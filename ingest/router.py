@@ -1,13 +1,14 @@
 """One stream type at run time: the demultiplexer and one supervised task per symbol.
 
 The source hands every frame of the stream to `deliver`, which splits it by symbol into pending
-batches and returns without a task switch. The router's flusher hands each symbol its pending batch
-over a bounded memory stream whenever the event loop gets to it: at once when frames trickle in,
-after many frames when they arrive faster than the loop turns (up to `pending_limit` messages,
-after which `deliver` waits for the flush). So a symbol task wakes once per burst, never once per
-message, and batches grow with the load. Each symbol task owns that symbol's pipeline state; an
-exception inside it is logged with the symbol, counted, and the state is rebuilt while every
-other symbol goes on.
+batches and returns without a task switch. The router's flusher hands each symbol its pending
+batch through a bounded inbox (`ingest.inbox`) whenever the event loop gets to it: at once when
+frames trickle in, after many frames when they arrive faster than the loop turns (up to
+`pending_limit` messages, after which `deliver` waits for the flush). A symbol task takes every
+batch waiting in its inbox at once, so it wakes once per burst, never once per message, and
+batches grow with the load. Each symbol task owns that symbol's pipeline state; an exception
+inside it is logged with the symbol, counted, and the state is rebuilt while every other symbol
+goes on.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import structlog
 from ingest.batch import SymbolBatch, build_batches
 from ingest.config import PipelineSettings, Settings, StreamName
 from ingest.corrections import TradeMemory, apply_correction
+from ingest.inbox import Inbox
 from ingest.pipeline import PipelineOutput, SymbolPipeline
 from ingest.screen import parseable_timestamps, screen_frame
 from storage.parquet import SEAL_GRACE_SECONDS, Dataset
@@ -44,7 +46,6 @@ from streams.messages import (
 if TYPE_CHECKING:
     import numpy.typing as npt
     from anyio.abc import TaskStatus
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from ingest.metrics import Metrics
     from ingest.warmup import Warmup
@@ -120,7 +121,7 @@ class StreamRouter:
         self._metrics = metrics
         self._factory = pipeline_factory
         self._on_bar = on_bar
-        self._sends: dict[str, MemoryObjectSendStream[SymbolBatch]] = {}
+        self._sends: dict[str, Inbox[SymbolBatch]] = {}
         self._inflight: dict[str, deque[int]] = {}
         """Per symbol, the oldest receive time of each batch handed over but not yet processed."""
         self._pending_since: int | None = None
@@ -150,8 +151,8 @@ class StreamRouter:
                     self._spawn(symbol)
             task_status.started()
             await self._flush_until_closed()
-            for send in self._sends.values():
-                send.close()
+            for inbox in self._sends.values():
+                inbox.close()
 
     def close(self) -> None:
         """No more frames: let every symbol task drain, flush its partial bars and end."""
@@ -160,7 +161,7 @@ class StreamRouter:
 
     def queue_depth(self) -> int:
         """Batches waiting across this stream's symbol queues (pending messages not counted)."""
-        return sum(s.statistics().current_buffer_used for s in self._sends.values())
+        return sum(len(inbox) for inbox in self._sends.values())
 
     def oldest_inflight_ns(self) -> int | None:
         """Receive time of the oldest frame some symbol task has not yet handed to the writers."""
@@ -170,16 +171,13 @@ class StreamRouter:
             return pending
         return queued
 
-    def _spawn(self, symbol: str) -> MemoryObjectSendStream[SymbolBatch]:
+    def _spawn(self, symbol: str) -> Inbox[SymbolBatch]:
         assert self._group is not None, "StreamRouter.run must be started first"
-        send, receive = anyio.create_memory_object_stream[SymbolBatch](
-            self._settings.storage.queue_size
-        )
-        self._sends[symbol] = send
+        inbox = self._sends[symbol] = Inbox[SymbolBatch](self._settings.storage.queue_size)
         self._inflight[symbol] = deque()
         self.symbols.setdefault(symbol, SymbolState())
-        self._group.start_soon(self._symbol_task, symbol, receive, name=f"{self.stream}:{symbol}")
-        return send
+        self._group.start_soon(self._symbol_task, symbol, inbox, name=f"{self.stream}:{symbol}")
+        return inbox
 
     # --- demultiplexer -------------------------------------------------------------------------
 
@@ -253,15 +251,14 @@ class StreamRouter:
         return converters
 
     async def _hand_over(self, symbol: str, batch: SymbolBatch) -> None:
-        send = self._sends[symbol]
-        try:
-            send.send_nowait(batch)
-        except anyio.WouldBlock:
-            if self._settings.storage.backpressure == "block":
-                await send.send(batch)
-            else:
-                self._inflight[symbol].pop()  # its own entry: the newest, as it was just added
-                self._metrics.dropped.inc(self.stream, amount=batch.count)
+        inbox = self._sends[symbol]
+        if inbox.put_nowait(batch):
+            return
+        if self._settings.storage.backpressure == "block":
+            await inbox.put(batch)
+        else:
+            self._inflight[symbol].pop()  # its own entry: the newest, as it was just added
+            self._metrics.dropped.inc(self.stream, amount=batch.count)
 
     def _split(self, messages: list[AnyMessage]) -> None:
         """Add each data message to its symbol's pending records of its table."""
@@ -300,9 +297,7 @@ class StreamRouter:
 
     # --- symbol tasks --------------------------------------------------------------------------
 
-    async def _symbol_task(
-        self, symbol: str, receive: MemoryObjectReceiveStream[SymbolBatch]
-    ) -> None:
+    async def _symbol_task(self, symbol: str, inbox: Inbox[SymbolBatch]) -> None:
         with structlog.contextvars.bound_contextvars(stream=self.stream, symbol=symbol):
             pipeline = self._factory(symbol, self._settings.pipeline)
             history = self.warmup.pop(symbol, None)
@@ -310,21 +305,23 @@ class StreamRouter:
                 pipeline.warm_up(history)
             memory = self._memory()
             inflight = self._inflight[symbol]
-            async with receive:
-                async for batch in receive:
-                    batches = 1 + _drain_into(batch, receive)
-                    try:
-                        await self._process(symbol, pipeline, batch, memory)
-                    except Exception:
-                        # Supervisor boundary: one symbol's bug must not stop its siblings.
-                        log.exception("symbol_task_failed")
-                        self._metrics.symbol_failures.inc(self.stream)
-                        self.symbols[symbol].failures += 1
-                        pipeline = self._factory(symbol, self._settings.pipeline)
-                        memory = self._memory()
-                    finally:
-                        for _ in range(batches):
-                            inflight.popleft()
+            while (waiting := await inbox.take_all()) is not None:
+                # A task that fell behind catches up in one pipeline call.
+                batch = waiting[0]
+                for later in waiting[1:]:
+                    batch.absorb(later)
+                try:
+                    await self._process(symbol, pipeline, batch, memory)
+                except Exception:
+                    # Supervisor boundary: one symbol's bug must not stop its siblings.
+                    log.exception("symbol_task_failed")
+                    self._metrics.symbol_failures.inc(self.stream)
+                    self.symbols[symbol].failures += 1
+                    pipeline = self._factory(symbol, self._settings.pipeline)
+                    memory = self._memory()
+                finally:
+                    for _ in waiting:
+                        inflight.popleft()
             with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
                 try:
                     # Stamped just after the symbol's last frame, not with the wall clock, so a
@@ -457,17 +454,3 @@ class StreamRouter:
             for row in output.anomalies:
                 row["recv_ts"] = recv_ns
             await self._dataset.writer(self.stream, "anomalies").put(output.anomalies)
-
-
-def _drain_into(batch: SymbolBatch, receive: MemoryObjectReceiveStream[SymbolBatch]) -> int:
-    """Append every batch already queued (a symbol that fell behind catches up in one call).
-
-    Returns how many batches were appended.
-    """
-    absorbed = 0
-    while True:
-        try:
-            batch.absorb(receive.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            return absorbed
-        absorbed += 1
