@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from ingest.pipeline.windows import RingBuffer
-
 if TYPE_CHECKING:
     from ingest.config import AnomalySettings
 
@@ -74,7 +72,8 @@ class AnomalyDetector:
         self.window = settings.window
         self.threshold = settings.threshold
         self.method = settings.method
-        self._recent = RingBuffer(settings.window)
+        self._recent: FloatArray = np.empty(0)
+        """The last `window` prices (fewer while filling), oldest first."""
         self._k2_over_n = settings.threshold * settings.threshold / settings.window
 
     def _gather_index(self, rows: int) -> npt.NDArray[np.intp]:
@@ -89,10 +88,10 @@ class AnomalyDetector:
     def detect(self, price: FloatArray) -> list[Anomaly]:
         """Check a batch of prices (arrival order) against their previous `window` prices."""
         n = self.window
-        recent = self._recent.view()
-        history = np.concatenate((recent, price))
+        history = np.concatenate((self._recent, price))
         rows = len(history) - n
-        self._recent.extend(price)
+        # A view while small (one array allocation a call); a copy when it would pin a big batch.
+        self._recent = history[-n:] if len(history) <= 4 * n else history[-n:].copy()
         if rows <= 0:
             return []
         # A C-contiguous copy: each row is summed by the same routine whatever the row count.
