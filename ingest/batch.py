@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import numpy as np
 import pyarrow as pa
 
+from ingest.corrections import trade_keys
 from storage.refusals import CONVERSION_ERRORS
 from storage.schemas import parse_timestamps
 
@@ -28,8 +29,9 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
+    from ingest.corrections import TradeKeys
     from storage.schemas import MarketConverter
-    from streams.messages import AnyMessage
+    from streams.messages import AnyMessage, StockTrade
 
 __all__ = ["Flush", "SymbolBatch", "build_batches"]
 
@@ -53,6 +55,8 @@ class SymbolBatch:
     """The records of `tables` the symbol task still hands to the writers: all but the tables
     the router already converted and wrote in bulk. Its own dict (lists are never extended in
     place: `absorb` builds new ones), so the two views cannot double up."""
+    keys: TradeKeys | None = None
+    """The trades' ids and exchange codes, for a stock symbol's trade memory (else None)."""
 
     @property
     def count(self) -> int:
@@ -87,6 +91,13 @@ class SymbolBatch:
             self.ts = np.concatenate((self.ts, later.ts))
         self.price = np.concatenate((self.price, later.price))
         self.size = np.concatenate((self.size, later.size))
+        if self.keys is None or later.keys is None:
+            self.keys = None
+        else:
+            self.keys = (
+                np.concatenate((self.keys[0], later.keys[0])),
+                np.concatenate((self.keys[1], later.keys[1])),
+            )
 
 
 _NO_INTS: Final = np.empty(0, np.int64)
@@ -107,11 +118,16 @@ class Flush:
 
 
 def build_batches(
-    pending: dict[str, Tables], converters: Mapping[str, MarketConverter] | None = None
+    pending: dict[str, Tables],
+    converters: Mapping[str, MarketConverter] | None = None,
+    *,
+    keyed: bool = False,
 ) -> Flush:
     """Every symbol's batch of a flush, with one timestamp parse for all the flush's trades.
 
     Tables with a converter in `converters` are also converted in bulk (see the module's doc).
+    `keyed` (stock trades remembered for corrections): the trades' ids and exchange codes are
+    gathered once too, for the symbols' trade memories and the bulk `trade_id` column.
     """
     trades = list(itertools.chain.from_iterable(t.get(TRADES, ()) for t in pending.values()))
     ts: npt.NDArray[np.int64] | None = _NO_INTS
@@ -122,14 +138,20 @@ def build_batches(
             ts = None
     price = np.array([t.p for t in trades], np.float64)  # type: ignore[union-attr]
     size = np.array([t.s for t in trades], np.float64)  # type: ignore[union-attr]
+    keys = trade_keys(cast("list[StockTrade]", trades)) if keyed and trades else None
     bulk: dict[str, tuple[pa.Table, int]] = {}
     for table, converter in (converters or {}).items():
         if table != TRADES:
             built = _convert_bulk(pending, table, converter, {})
         elif ts is not None:  # else the bulk parse failed: the writer judges trade by trade
-            built = _convert_bulk(
-                pending, table, converter, {"price": price, "size": size, "ts": ts}
-            )
+            known: dict[str, npt.NDArray[np.int64] | npt.NDArray[np.float64]] = {
+                "price": price,
+                "size": size,
+                "ts": ts,
+            }
+            if keys is not None:
+                known["trade_id"] = keys[0]
+            built = _convert_bulk(pending, table, converter, known)
         else:
             continue
         if built is not None:
@@ -141,7 +163,12 @@ def build_batches(
         start = part.stop
         unwritten = {t: rows for t, rows in tables.items() if t not in bulk}
         out[symbol] = SymbolBatch(
-            tables, None if ts is None else ts[part], price[part], size[part], unwritten
+            tables,
+            None if ts is None else ts[part],
+            price[part],
+            size[part],
+            unwritten,
+            None if keys is None else (keys[0][part], keys[1][part]),
         )
     return Flush(out, bulk)
 

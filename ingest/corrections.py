@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ingest.pipeline import SymbolPipeline
     from streams.messages import StockTrade
 
-__all__ = ["APPLIED", "TradeMemory", "apply_correction"]
+__all__ = ["APPLIED", "TradeKeys", "TradeMemory", "apply_correction", "trade_keys"]
 
 APPLIED: Final = ("open_bar", "partial", "closed_bar", "not_found")
 
@@ -83,16 +83,22 @@ class TradeMemory:
         ts: npt.NDArray[np.int64],
         price: npt.NDArray[np.float64],
         size: npt.NDArray[np.float64],
+        keys: TradeKeys | None = None,
     ) -> None:
-        """Keep a batch the pipeline was just fed, its first trade numbered `seq0`."""
+        """Keep a batch the pipeline was just fed, its first trade numbered `seq0`.
+
+        `keys` are the trades' `trade_keys` when the caller has them already (the router
+        computes them once per flush for every symbol).
+        """
         n = len(trades)
+        ids, exchanges = trade_keys(trades) if keys is None else keys
         if self._end == self._start:
             self._first_seq = seq0
         self._make_room(n)
         end = self._end + n
         part = slice(self._end, end)
-        self._ids[part] = np.fromiter((t.i for t in trades), np.int64, n)
-        self._exchanges[part] = _exchange_codes(trades)
+        self._ids[part] = ids
+        self._exchanges[part] = exchanges
         self._ts[part] = ts
         self._price[part] = price
         self._size[part] = size
@@ -169,11 +175,17 @@ def _exchange_code(exchange: str) -> int:
     return ord(exchange) if len(exchange) == 1 else hash(exchange)
 
 
-def _exchange_codes(trades: Sequence[StockTrade]) -> npt.NDArray[np.int64]:
+TradeKeys = tuple["npt.NDArray[np.int64]", "npt.NDArray[np.int64]"]
+"""(trade ids, exchange codes) of some trades: what a correction or cancel names a trade by."""
+
+
+def trade_keys(trades: Sequence[StockTrade]) -> TradeKeys:
+    """The ids and exchange codes of `trades`, as the memory finds them."""
+    ids = np.fromiter((t.i for t in trades), np.int64, len(trades))
     joined = "".join([t.x for t in trades])
     if len(joined) == len(trades) and joined.isascii():  # the common case: one letter each
-        return np.frombuffer(joined.encode("ascii"), dtype=np.uint8).astype(np.int64)
-    return np.fromiter((_exchange_code(t.x) for t in trades), np.int64, len(trades))
+        return ids, np.frombuffer(joined.encode("ascii"), dtype=np.uint8).astype(np.int64)
+    return ids, np.fromiter((_exchange_code(t.x) for t in trades), np.int64, len(trades))
 
 
 def apply_correction(

@@ -27,7 +27,7 @@ import structlog
 
 from ingest.batch import SymbolBatch, build_batches
 from ingest.config import PipelineSettings, Settings, StreamName
-from ingest.corrections import TradeMemory, apply_correction
+from ingest.corrections import TradeKeys, TradeMemory, apply_correction
 from ingest.inbox import Inbox
 from ingest.pipeline import PipelineOutput, SymbolPipeline
 from ingest.screen import parseable_timestamps, screen_frame
@@ -212,7 +212,9 @@ class StreamRouter:
                 self._wake = anyio.Event()
                 continue
             pending, self._pending, self._pending_count = self._pending, {}, 0
-            flush = build_batches(pending, self._bulk_converters(pending))
+            flush = build_batches(
+                pending, self._bulk_converters(pending), keyed=self._remembers_trades
+            )
             batches = flush.batches
             # Every batch is in flight before the first hand-over can wait: what has not reached
             # the writers stays visible to journal-segment deletion and to back-fill settling.
@@ -332,9 +334,13 @@ class StreamRouter:
                     log.exception("symbol_flush_failed")
                     self._metrics.symbol_failures.inc(self.stream)
 
-    def _memory(self) -> TradeMemory | None:
+    @property
+    def _remembers_trades(self) -> bool:
         """Stock trades are remembered for corrections and cancels; other streams have none."""
-        if self.stream != "stocks" or not self._settings.pipeline.correction_window:
+        return self.stream == "stocks" and self._settings.pipeline.correction_window > 0
+
+    def _memory(self) -> TradeMemory | None:
+        if not self._remembers_trades:
             return None
         return TradeMemory(self._settings.pipeline.correction_window)
 
@@ -369,7 +375,7 @@ class StreamRouter:
                 await self._feed(symbol, pipeline, memory, trades)
             else:
                 await self._feed_columns(
-                    symbol, pipeline, memory, trades, batch.ts, batch.price, batch.size
+                    symbol, pipeline, memory, trades, batch.ts, batch.price, batch.size, batch.keys
                 )
         latency = (time.time_ns() - batch.oldest_recv_ns()) / 1e9
         self._metrics.pipeline_latency.observe(latency, self.stream)
@@ -406,12 +412,14 @@ class StreamRouter:
         ts: npt.NDArray[np.int64],
         price: npt.NDArray[np.float64],
         size: npt.NDArray[np.float64],
+        keys: TradeKeys | None = None,
     ) -> None:
         """Run trades through the pipeline (and remember stock trades for corrections)."""
         state = self.symbols[symbol]
         state.last_event_ns = int(ts.max())
         if memory is not None:
-            memory.remember(pipeline.trades_seen, cast("list[StockTrade]", trades), ts, price, size)
+            stock_trades = cast("list[StockTrade]", trades)
+            memory.remember(pipeline.trades_seen, stock_trades, ts, price, size, keys)
         output = pipeline.on_trades(ts, price, size)
         lag = (time.time_ns() - state.last_event_ns) / 1e9
         self._metrics.latency.observe(lag, self.stream, count=len(ts))

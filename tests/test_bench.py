@@ -21,6 +21,7 @@ from ingest.bench.workload import make_workload
 from ingest.cli import main
 from ingest.metrics import FAST_BUCKETS, Histogram, Metrics
 from ingest.pipeline import SymbolPipeline
+from storage.schemas import table_spec
 from streams.messages import FrameDecoder, StockTrade
 from tests.dataset import query
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ingest.config import PipelineSettings, Settings
+    from storage.schemas import MarketConverter
     from streams.messages import AnyMessage
 
 REQUIRED = (
@@ -206,6 +208,33 @@ class TestBuildBatches:
         assert batches["A"].trade_columns()[0].tolist() == [1719844200000000000]
         with pytest.raises(ValueError, match="yesterday"):
             batches["B"].trade_columns()
+
+    def test_keyed_flush_gathers_ids_and_exchanges_once_for_every_symbol(self) -> None:
+        """Each symbol's keys are its own trades' (id, exchange code), also in the bulk table."""
+        trades = [
+            StockTrade(S=s, t="2024-07-01T14:30:00Z", i=i, x=x, p=1.0, s=1.0)
+            for s, i, x in (("A", 5, "V"), ("B", 6, "N"), ("A", 7, "Q"))
+        ]
+        pending: dict[str, dict[str, list[AnyMessage]]] = {
+            "A": {"trades": [trades[0], trades[2]]},
+            "B": {"trades": [trades[1]]},
+        }
+        spec = table_spec("stocks", "trades", ())
+        converter = cast("MarketConverter", spec.to_table)
+        flush = build_batches(pending, {"trades": converter}, keyed=True)
+        keys = {s: b.keys for s, b in flush.batches.items()}
+        assert {s: (k[0].tolist(), k[1].tolist()) for s, k in keys.items() if k} == {
+            "A": ([5, 7], [ord("V"), ord("Q")]),
+            "B": ([6], [ord("N")]),
+        }
+        table, _ = flush.tables["trades"]
+        assert table["trade_id"].to_pylist() == [5, 7, 6]
+        assert table["exchange"].to_pylist() == ["V", "Q", "N"]
+        batch = flush.batches["A"]
+        batch.absorb(build_batches({"A": {"trades": [trades[0]]}}, keyed=True).batches["A"])
+        assert batch.keys is not None
+        assert batch.keys[0].tolist() == [5, 7, 5]
+        assert build_batches(pending).batches["A"].keys is None
 
     def test_absorb_appends_tables_and_columns(self) -> None:
         first = build_batches({"A": {"trades": [_trade("A", "2024-07-01T14:30:00Z", 1.0)]}}).batches
