@@ -121,7 +121,7 @@ class StreamRouter:
         self._metrics = metrics
         self._factory = pipeline_factory
         self._on_bar = on_bar
-        self._sends: dict[str, Inbox[SymbolBatch]] = {}
+        self._inboxes: dict[str, Inbox[SymbolBatch]] = {}
         self._inflight: dict[str, deque[int]] = {}
         """Per symbol, the oldest receive time of each batch handed over but not yet processed."""
         self._pending_since: int | None = None
@@ -151,7 +151,7 @@ class StreamRouter:
                     self._spawn(symbol)
             task_status.started()
             await self._flush_until_closed()
-            for inbox in self._sends.values():
+            for inbox in self._inboxes.values():
                 inbox.close()
 
     def close(self) -> None:
@@ -161,7 +161,7 @@ class StreamRouter:
 
     def queue_depth(self) -> int:
         """Batches waiting across this stream's symbol queues (pending messages not counted)."""
-        return sum(len(inbox) for inbox in self._sends.values())
+        return sum(len(inbox) for inbox in self._inboxes.values())
 
     def oldest_inflight_ns(self) -> int | None:
         """Receive time of the oldest frame some symbol task has not yet handed to the writers."""
@@ -173,7 +173,7 @@ class StreamRouter:
 
     def _spawn(self, symbol: str) -> Inbox[SymbolBatch]:
         assert self._group is not None, "StreamRouter.run must be started first"
-        inbox = self._sends[symbol] = Inbox[SymbolBatch](self._settings.storage.queue_size)
+        inbox = self._inboxes[symbol] = Inbox[SymbolBatch](self._settings.storage.queue_size)
         self._inflight[symbol] = deque()
         self.symbols.setdefault(symbol, SymbolState())
         self._group.start_soon(self._symbol_task, symbol, inbox, name=f"{self.stream}:{symbol}")
@@ -192,7 +192,7 @@ class StreamRouter:
             self._pending_since = frame.recv_ns
         self._split(frame.messages)
         self._wake.set()
-        limit = pending_limit(len(self._sends))
+        limit = pending_limit(len(self._inboxes))
         if frame.rejects or self._pending_count >= limit:
             with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
                 if frame.rejects:
@@ -219,7 +219,7 @@ class StreamRouter:
             # Every batch is in flight before the first hand-over can wait: what has not reached
             # the writers stays visible to journal-segment deletion and to back-fill settling.
             for symbol, batch in batches.items():
-                if symbol not in self._sends:
+                if symbol not in self._inboxes:
                     self._spawn(symbol)
                 self._inflight[symbol].append(batch.oldest_recv_ns())
             self._pending_since = None
@@ -253,7 +253,7 @@ class StreamRouter:
         return converters
 
     async def _hand_over(self, symbol: str, batch: SymbolBatch) -> None:
-        inbox = self._sends[symbol]
+        inbox = self._inboxes[symbol]
         if inbox.put_nowait(batch):
             return
         if self._settings.storage.backpressure == "block":
@@ -293,7 +293,7 @@ class StreamRouter:
     def _news_route(self, article: NewsArticle) -> str:
         """An article is written once: by its first symbol that has a task, else by `*`."""
         for symbol in article.symbols:
-            if symbol in self._sends:
+            if symbol in self._inboxes:
                 return symbol
         return WILDCARD
 

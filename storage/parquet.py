@@ -33,7 +33,7 @@ import structlog
 from ingest.errors import StorageError
 from ingest.metrics import Metrics
 from storage.atomic import fsync_dir, table_lock
-from storage.refusals import CONVERSION_ERRORS, Refused, convert_or_refuse
+from storage.refusals import Refused, convert_or_refuse
 from storage.schemas import SYMBOL, TableSpec, table_spec
 
 if TYPE_CHECKING:
@@ -324,11 +324,8 @@ class TableWriter:
     def _compact_buffer(self) -> None:
         """Hold the buffered records as an Arrow table (a fraction of their memory)."""
         records, self._buffer = self._buffer, []
-        try:
-            table: pa.Table | None = self.spec.to_table(records)
-        except CONVERSION_ERRORS:
-            table, refused = convert_or_refuse(self.spec, records)
-            self._refused += refused
+        table, refused = convert_or_refuse(self.spec, records)
+        self._refused += refused
         if table is not None:
             self._tables.append(table)
             self._table_rows += table.num_rows
@@ -466,10 +463,7 @@ class TableWriter:
         parts = list(tables)
         refused: Refused = []
         if records:
-            try:
-                converted: pa.Table | None = self.spec.to_table(records)
-            except CONVERSION_ERRORS:
-                converted, refused = convert_or_refuse(self.spec, records)
+            converted, refused = convert_or_refuse(self.spec, records)
             if converted is not None:
                 parts.append(converted)
         if not parts:
