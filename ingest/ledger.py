@@ -31,7 +31,7 @@ import structlog
 
 from storage.dedup import DedupFilter
 from storage.refusals import CONVERSION_ERRORS
-from storage.schemas import TIMESTAMP, parse_timestamps, table_for, table_spec
+from storage.schemas import TIMESTAMP, stamp_ns, table_for, table_spec
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -56,14 +56,6 @@ SETTLE_POLL: Final = 0.02
 SETTLE_LIMIT: Final = 30.0
 _UNBOUNDED_HORIZON: Final = 10.0**9
 """Seconds: the overlap check never takes an old row for stored without looking at its keys."""
-
-
-def _text_ns(text: str) -> int | None:
-    try:
-        value = parse_timestamps([text]).cast(pa.int64())[0].as_py()
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return None
-    return value if isinstance(value, int) else None
 
 
 class DaemonLedger:
@@ -111,15 +103,12 @@ class DaemonLedger:
         persisted = self._persisted.get((stream, table), {})
         router = self._routers.get(stream)
         states = router.symbols.items() if router is not None else ()
-        texts = [
+        stamps = [
             state.seen[table]
             for name, state in states
             if table in state.seen and (symbol is None or table == "articles" or name == symbol)
         ]
-        if texts:
-            value = _text_ns(max(texts))
-            if value is not None:
-                found.append(value)
+        found += [ns for ns in map(stamp_ns, stamps) if ns is not None]
         if symbol is None or table == "articles":
             found += persisted.values()
         elif symbol in persisted:

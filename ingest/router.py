@@ -32,7 +32,7 @@ from ingest.inbox import Inbox
 from ingest.pipeline import PipelineOutput, SymbolPipeline
 from ingest.screen import parseable_timestamps, screen_frame
 from storage.parquet import SEAL_GRACE_SECONDS, Dataset
-from storage.schemas import MarketConverter, parse_timestamps, table_for, table_spec
+from storage.schemas import MarketConverter, parse_timestamps, stamp_ns, table_for, table_spec
 from streams.messages import (
     AnyMessage,
     CancelError,
@@ -40,6 +40,7 @@ from streams.messages import (
     CryptoTrade,
     NewsArticle,
     OptionTrade,
+    Stamp,
     StockTrade,
 )
 
@@ -95,8 +96,18 @@ class SymbolState:
     last_event_ns: int = 0
     last_recv_ns: int = 0
     failures: int = 0
-    seen: dict[str, str] = field(default_factory=dict)
-    """Per table, the newest event time (RFC 3339 text) taken: where a back-fill starts."""
+    seen: dict[str, Stamp] = field(default_factory=dict)
+    """Per table, the newest event time taken, as it came: where a back-fill starts."""
+
+
+def _later(stamp: Stamp, than: Stamp | None) -> bool:
+    """Whether `stamp` is after `than`; stamps of one kind compare as they are."""
+    if than is None:
+        return True
+    if type(stamp) is type(than):
+        return stamp > than  # type: ignore[operator]
+    # Text and nanoseconds: a MessagePack stream and its JSON back-fill. Rare; parse.
+    return (stamp_ns(stamp) or 0) > (stamp_ns(than) or 0)
 
 
 class StreamRouter:
@@ -365,7 +376,7 @@ class StreamRouter:
             # A lower bound of the newest stamp, O(1) a batch: the batch's last (canonical RFC
             # 3339 UTC text sorts like time). A back-fill checks every row from there on.
             last = _STAMP.get(table, _T)(records[-1])
-            if last > seen.get(table, ""):
+            if _later(last, seen.get(table)):
                 seen[table] = last
         state.messages += batch.count
         state.last_recv_ns = batch.newest_recv_ns()

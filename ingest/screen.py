@@ -1,11 +1,11 @@
 """The timestamp screen: a frame's timestamps are range-checked before anything relies on them.
 
-The decoder keeps timestamps as RFC 3339 strings (the columnar stages parse them in bulk). A stamp
-from before 1990 or more than a day after the frame was received (or now, for a recovered frame)
-is absurd: it would open a bar decades away or a date partition nobody queries. Canonical RFC 3339
-UTC strings sort like the times they name, so the common case costs a `min` and a `max` over the
-frame's strings -- an Arrow parse per frame would cost ~12 µs of fixed overhead, more than a small
-frame's decode.
+The decoder keeps JSON's timestamps as RFC 3339 strings (the columnar stages parse them in bulk)
+and MessagePack's as integer nanoseconds. A stamp from before 1990 or more than a day after the
+frame was received (or now, for a recovered frame) is absurd: it would open a bar decades away or
+a date partition nobody queries. Canonical RFC 3339 UTC strings sort like the times they name, as
+nanoseconds do, so the common case costs a `min` and a `max` over the frame's stamps -- an Arrow
+parse per frame would cost ~12 µs of fixed overhead, more than a small frame's decode.
 
 Only a frame that fails that comparison is parsed here, stamp by stamp, to tell `bad_timestamp`
 (unparseable) from `absurd_timestamp`; the offending messages move to the frame's rejects, where
@@ -17,14 +17,14 @@ is caught where it is parsed in bulk: the router leaves such trades out of the p
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import msgspec
 import numpy as np
 import pyarrow as pa
 
 from storage.schemas import TIMESTAMP
-from streams.messages import NewsArticle, Reject
+from streams.messages import NewsArticle, Reject, format_stamp
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from storage.quarantine import Quarantine
     from storage.refusals import Refused
     from streams.base import Frame
-    from streams.messages import AnyMessage
+    from streams.messages import AnyMessage, Stamp
 
 __all__ = [
     "EARLIEST",
@@ -89,7 +89,7 @@ def screen_frame(frame: Frame) -> Frame:
         stamps, per_message = _stamps_of(messages)
     # The later of receive time and now: a recovered or replayed frame keeps its receive time.
     received = max(frame.recv_ns, time.time_ns())
-    if EARLIEST <= min(stamps) and max(stamps) <= _latest(received):
+    if _all_in_range(stamps, received):
         return frame
     bad = _bad_messages(stamps, per_message, received + MAX_AHEAD_NS)
     if not bad:
@@ -108,7 +108,7 @@ def screen_frame(frame: Frame) -> Frame:
     return frame
 
 
-def parseable_timestamps(stamps: Sequence[str]) -> npt.NDArray[np.bool_]:
+def parseable_timestamps(stamps: Sequence[Stamp]) -> npt.NDArray[np.bool_]:
     """Which stamps Arrow can parse (the slow path after a bulk parse failed)."""
     return np.array([_parse_one(s) is not None for s in stamps], dtype=bool)
 
@@ -139,10 +139,22 @@ def refused_reject(record: object, detail: str) -> Reject:
     return Reject(raw, reason, detail)
 
 
-def _stamps_of(messages: list[AnyMessage]) -> tuple[list[str], int]:
+def _all_in_range(stamps: list[Stamp], received: int) -> bool:
+    """The quick check, over a frame's stamps: all text or all nanoseconds, and all in range."""
+    try:
+        if isinstance(stamps[0], str):
+            texts = cast("list[str]", stamps)
+            return EARLIEST <= min(texts) and max(texts) <= _latest(received)
+        nanos = cast("list[int]", stamps)
+        return _EARLIEST_NS <= min(nanos) and max(nanos) <= received + MAX_AHEAD_NS
+    except TypeError:  # text and nanoseconds in one frame: judged one by one
+        return False
+
+
+def _stamps_of(messages: list[AnyMessage]) -> tuple[list[Stamp], int]:
     """Every message's stamps, a fixed number per message (news: created and updated)."""
     if all(isinstance(m, NewsArticle) for m in messages):
-        stamps: list[str] = []
+        stamps: list[Stamp] = []
         for article in messages:
             assert isinstance(article, NewsArticle)
             stamps += (article.created_at, article.updated_at)
@@ -154,7 +166,9 @@ def _stamps_of(messages: list[AnyMessage]) -> tuple[list[str], int]:
 _ALWAYS_FINE: Final = "2000-01-01T00:00:00Z"
 
 
-def _parse_one(stamp: str) -> int | None:
+def _parse_one(stamp: Stamp) -> int | None:
+    if isinstance(stamp, int):
+        return stamp
     try:
         value = pa.array([stamp], pa.string()).cast(TIMESTAMP).cast(pa.int64())[0].as_py()
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
@@ -162,7 +176,7 @@ def _parse_one(stamp: str) -> int | None:
     return value
 
 
-def _bad_messages(stamps: list[str], per_message: int, latest_ns: int) -> dict[int, str]:
+def _bad_messages(stamps: list[Stamp], per_message: int, latest_ns: int) -> dict[int, str]:
     """Message index -> reason, for every message with at least one unusable stamp."""
     bad: dict[int, str] = {}
     for position, stamp in enumerate(stamps):
@@ -177,8 +191,8 @@ def _bad_messages(stamps: list[str], per_message: int, latest_ns: int) -> dict[i
 
 def _stamp_text(message: AnyMessage) -> str:
     if isinstance(message, NewsArticle):
-        return f"{message.created_at} / {message.updated_at}"
-    return str(getattr(message, "t", ""))
+        return f"{format_stamp(message.created_at)} / {format_stamp(message.updated_at)}"
+    return format_stamp(getattr(message, "t", ""))
 
 
 # pyarrow's first string-to-timestamp cast loads its time zone database; do it at import.

@@ -29,6 +29,7 @@ __all__ = [
     "bars_spec",
     "describe_tables",
     "parse_timestamps",
+    "stamp_ns",
     "table_for",
     "table_spec",
     "tables_of",
@@ -59,9 +60,52 @@ class TableSpec:
     """(identity, version) columns when a row can be restated: compaction keeps the newest."""
 
 
-def parse_timestamps(values: Sequence[str]) -> pa.Array[Any]:
-    """RFC 3339 strings (any number of fractional digits) to `timestamp[ns, UTC]`, in bulk."""
-    return pa.array(values, pa.string()).cast(TIMESTAMP)
+def parse_timestamps(values: Sequence[m.Stamp]) -> pa.Array[Any]:
+    """Stamps to `timestamp[ns, UTC]`, in bulk.
+
+    Text is RFC 3339 with any number of fractional digits; integers are nanoseconds (MessagePack).
+    A list holds one kind but for a flush that merges a MessagePack stream with its JSON
+    back-fill; such a list is parsed per kind.
+
+    Raises:
+        pyarrow.ArrowInvalid: a text stamp does not parse, or an integer is out of range.
+    """
+    if not values or isinstance(values[0], str):
+        try:
+            return pa.array(values, pa.string()).cast(TIMESTAMP)
+        except pa.ArrowTypeError:
+            return _parse_mixed(values)
+    try:
+        return pa.array(values, TIMESTAMP)
+    except OverflowError as exc:
+        msg = f"timestamp out of range: {exc}"
+        raise pa.ArrowInvalid(msg) from exc
+    except pa.ArrowTypeError:
+        return _parse_mixed(values)
+
+
+def stamp_ns(stamp: m.Stamp) -> int | None:
+    """One stamp in nanoseconds since the epoch, or None when its text does not parse."""
+    if isinstance(stamp, int):
+        return stamp
+    try:
+        value = parse_timestamps([stamp]).cast(pa.int64())[0].as_py()
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _parse_mixed(values: Sequence[m.Stamp]) -> pa.Array[Any]:
+    texts = [i for i, v in enumerate(values) if isinstance(v, str)]
+    try:
+        out = np.array([0 if isinstance(v, str) else v for v in values], np.int64)
+    except OverflowError as exc:
+        msg = f"timestamp out of range: {exc}"
+        raise pa.ArrowInvalid(msg) from exc
+    if texts:
+        parsed = pa.array([values[i] for i in texts], pa.string()).cast(TIMESTAMP)
+        out[texts] = parsed.cast(pa.int64()).to_numpy()
+    return pa.array(out, TIMESTAMP)
 
 
 def _build(schema: pa.Schema, columns: dict[str, Any]) -> pa.Table:

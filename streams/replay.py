@@ -146,6 +146,8 @@ def _read_chunk(handle: IO[bytes]) -> list[bytes]:
 def _first_time(messages: Sequence[object]) -> int | None:
     for message in messages:
         stamp = getattr(message, "t", None) or getattr(message, "created_at", None)
+        if isinstance(stamp, int):
+            return stamp
         if isinstance(stamp, str):
             try:
                 return _parse_rfc3339(stamp)

@@ -17,7 +17,7 @@ import pytest
 from ingest.app import run_daemon
 from ingest.batch import build_batches
 from ingest.bench.stages import BenchSource, saturated_batches
-from ingest.bench.workload import make_workload
+from ingest.bench.workload import START_NS, make_workload
 from ingest.cli import main
 from ingest.metrics import FAST_BUCKETS, Histogram, Metrics
 from ingest.pipeline import SymbolPipeline
@@ -97,8 +97,8 @@ class TestWorkload:
         decoder = FrameDecoder("options", "msgpack")
         first = decoder.decode(workload.frames[0], 0)
         assert not first.rejects
-        assert first.messages[0].t == "2024-07-01T14:30:00.000000000Z"  # type: ignore[union-attr]
-        assert first.messages[1].t == "2024-07-01T14:30:00.001000000Z"  # type: ignore[union-attr]
+        assert first.messages[0].t == START_NS  # type: ignore[union-attr]
+        assert first.messages[1].t == START_NS + 1_000_000  # type: ignore[union-attr]
         # The smallest Timestamp form, as Alpaca's server writes it: fixext 4 for whole seconds,
         # fixext 8 otherwise (the decoder's fast path), never the 12-byte form before 2514.
         assert b"\xd6\xff" in workload.frames[0]

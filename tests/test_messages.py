@@ -107,13 +107,17 @@ class TestQuarantine:
         assert [(r.reason, r.raw) for r in decoded.rejects] == [("oversized_frame", FRAME)]
         assert len(FrameDecoder("stocks", max_bytes=len(FRAME)).decode(FRAME, 0).messages) == 2
 
-    def test_msgpack_timestamp_past_year_9999_is_rejected(self) -> None:
-        """A MessagePack timestamp whose seconds no calendar holds is a bad timestamp."""
+    def test_msgpack_timestamp_past_year_9999_decodes_to_nanoseconds(self) -> None:
+        """A MessagePack timestamp no calendar holds is exact nanoseconds here, not text.
+
+        Whether it is plausible is the screen's call (`absurd_timestamp`, tests/test_screen.py).
+        """
         trade = {"T": "t", "S": "AAPL240315C00172500", "p": 1.0, "s": 1.0, "x": "N", "c": "S"}
         stamp = msgspec.msgpack.Ext(-1, struct.pack(">Iq", 0, 2**62))
         frame = msgspec.msgpack.encode([{**trade, "t": stamp}])
         decoded = FrameDecoder("options", "msgpack").decode(frame, 0)
-        assert [r.reason for r in decoded.rejects] == ["bad_timestamp"]
+        assert decoded.rejects == []
+        assert [m.t for m in decoded.messages] == [2**62 * 10**9]  # type: ignore[union-attr]
 
     def test_one_bad_message_spares_the_rest(self) -> None:
         """The good messages of a frame with one bad message are kept, in order."""

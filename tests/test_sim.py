@@ -57,7 +57,7 @@ class TestShapes:
         decoded = FrameDecoder("stocks").decode(msgspec.json.encode(messages), 1).messages
         trades = [m for m in decoded if isinstance(m, StockTrade)]
         assert trades
-        assert all(t.x and t.c and t.z == "C" and len(t.t) == 30 for t in trades)
+        assert all(t.x and t.c and t.z == "C" and len(str(t.t)) == 30 for t in trades)
 
     def test_options_are_occ_contracts_around_the_underlying(self, settings: Settings) -> None:
         """Option symbols parse as OCC contracts of the configured underlyings."""
@@ -75,7 +75,7 @@ class TestShapes:
         decoded = FrameDecoder("news").decode(msgspec.json.encode(messages), 1).messages
         articles = [m for m in decoded if isinstance(m, NewsArticle)]
         assert articles
-        assert all(a.symbols and a.created_at.endswith("Z") for a in articles)
+        assert all(a.symbols and str(a.created_at).endswith("Z") for a in articles)
 
 
 class TestRfc3339:

@@ -189,7 +189,8 @@ class AlpacaSource:
             async for page in self.history_client().pages(request):
                 for bar in page.messages:
                     if isinstance(bar, MinuteBar):
-                        closes.setdefault(bar.S, []).append((parse_rfc3339_ns(bar.t), bar.c))
+                        at_ns = bar.t if isinstance(bar.t, int) else parse_rfc3339_ns(bar.t)
+                        closes.setdefault(bar.S, []).append((at_ns, bar.c))
         return closes
 
     def _backfiller(self) -> Backfiller | None:

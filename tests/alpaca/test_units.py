@@ -18,7 +18,13 @@ from storage.schemas import parse_timestamps
 from streams.alpaca import AlpacaSource
 from streams.alpaca.credentials import Credentials, load_credentials
 from streams.discovery import discover_option_contracts
-from streams.messages import FrameDecoder, format_msgpack_timestamp
+from streams.messages import (
+    FrameDecoder,
+    OptionQuote,
+    OptionTrade,
+    format_stamp,
+    msgpack_timestamp_ns,
+)
 from streams.recorder import open_recorder
 from tests.alpaca.conftest import DATA, ListSink, load_examples, settings_for
 from tests.alpaca.fake_alpaca import FakeAlpaca, Send, Session, make_contract
@@ -76,7 +82,7 @@ class TestMsgpackDecoding:
             expected = twin.decode(json.dumps(frame["json_equivalent"]).encode(), 1)
             assert not decoded.rejects
             for got, want in zip(decoded.messages, expected.messages, strict=True):
-                assert type(got) is type(want)  # the wire twin became its target in place
+                assert type(got) is type(want)
                 if hasattr(want, "t"):
                     stamps = parse_timestamps([got.t, want.t])  # type: ignore[union-attr]
                     assert stamps[0] == stamps[1]
@@ -84,22 +90,87 @@ class TestMsgpackDecoding:
                 assert got == want
 
     @pytest.mark.parametrize(
-        ("data", "text"),
+        ("data", "ns", "text"),
         [
-            pytest.param(b"\x00\x00\x00\x0a", "1970-01-01T00:00:10.000000000Z", id="32-bit"),
             pytest.param(
-                ((10 << 34) | 10).to_bytes(8, "big"), "1970-01-01T00:00:10.000000010Z", id="64-bit"
+                b"\x00\x00\x00\x0a", 10_000_000_000, "1970-01-01T00:00:10.000000000Z", id="32-bit"
+            ),
+            pytest.param(
+                ((10 << 34) | 10).to_bytes(8, "big"),
+                10_000_000_010,
+                "1970-01-01T00:00:10.000000010Z",
+                id="64-bit",
             ),
             pytest.param(
                 (5).to_bytes(4, "big") + (-1).to_bytes(8, "big", signed=True),
+                -999_999_995,
                 "1969-12-31T23:59:59.000000005Z",
                 id="96-bit",
             ),
         ],
     )
-    def test_timestamp_formats(self, data: bytes, text: str) -> None:
-        """All three Timestamp extension layouts give RFC 3339 with nanoseconds."""
-        assert format_msgpack_timestamp(msgspec.msgpack.Ext(-1, data)) == text
+    def test_timestamp_formats(self, data: bytes, ns: int, text: str) -> None:
+        """All three Timestamp extension layouts give exact nanoseconds, in a frame or alone."""
+        ext = msgspec.msgpack.Ext(-1, data)
+        assert msgpack_timestamp_ns(ext) == ns
+        assert format_stamp(ns) == text
+        trade = {"T": "t", "S": "X", "t": ext, "p": 1.0, "s": 1}
+        decoded = FrameDecoder("options", "msgpack").decode(msgspec.msgpack.encode([trade]), 7)
+        assert [m.t for m in decoded.messages] == [ns]  # type: ignore[union-attr]
+
+    def test_a_frame_of_mixed_forms_and_types_converts_every_stamp(self) -> None:
+        """Stamps in any form, and messages without one, all come out right in one frame.
+
+        The common case (every stamp an 8-byte extension) is taken message by message until a
+        message it does not cover; the rest of the frame must still be converted once.
+        """
+        at = 1_710_164_135_133_122_560
+        eight = msgspec.msgpack.Ext(-1, ((at % 10**9) << 34 | at // 10**9).to_bytes(8, "big"))
+        four = msgspec.msgpack.Ext(-1, (at // 10**9).to_bytes(4, "big"))
+        trade = {"T": "t", "S": "X", "p": 1.0, "s": 1}
+        quote = {"T": "q", "S": "X", "bp": 1.0, "bs": 1, "ap": 2.0, "as": 1}
+        frame = [
+            {**trade, "t": eight},
+            {**quote, "t": eight},
+            {**trade, "t": four},
+            {"T": "success", "msg": "authenticated"},
+            {**trade, "t": eight},
+            {**trade, "t": at + 1},  # already nanoseconds
+            {**trade, "t": "2024-03-11T13:35:35.5Z"},  # text stays text
+        ]
+        decoded = FrameDecoder("options", "msgpack").decode(msgspec.msgpack.encode(frame), 7)
+        assert not decoded.rejects
+        stamps = [getattr(m, "t", None) for m in decoded.messages]
+        second = at // 10**9 * 10**9
+        assert stamps == [at, at, second, None, at, at + 1, "2024-03-11T13:35:35.5Z"]
+        assert {m.recv_ns for m in decoded.messages} == {7}
+        assert [type(m) for m in decoded.messages][:2] == [OptionTrade, OptionQuote]
+
+    @pytest.mark.parametrize(
+        "ext",
+        [
+            pytest.param(msgspec.msgpack.Ext(-1, (10**9 << 34).to_bytes(8, "big")), id="nanos"),
+            pytest.param(msgspec.msgpack.Ext(5, (10 << 34).to_bytes(8, "big")), id="not-a-time"),
+            pytest.param(msgspec.msgpack.Ext(-1, b"\x01"), id="length"),
+        ],
+    )
+    def test_a_malformed_stamp_is_rejected_among_good_ones(self, ext: msgspec.msgpack.Ext) -> None:
+        """Nanoseconds past a billion, another extension type or a bad length: bad_timestamp."""
+        good = {"T": "t", "S": "X", "p": 1.0, "s": 1, "t": (10 << 34 | 10).to_bytes(8, "big")}
+        good["t"] = msgspec.msgpack.Ext(-1, good["t"])  # type: ignore[arg-type]
+        frame = [good, good, {**good, "t": ext}, good]
+        decoded = FrameDecoder("options", "msgpack").decode(msgspec.msgpack.encode(frame), 7)
+        assert [m.t for m in decoded.messages] == [10_000_000_010] * 3  # type: ignore[union-attr]
+        assert [r.reason for r in decoded.rejects] == ["bad_timestamp"]
+
+    def test_news_stamps_convert_too(self) -> None:
+        """An article's two stamps, were news ever sent as MessagePack, become nanoseconds."""
+        created = msgspec.msgpack.Ext(-1, (20).to_bytes(4, "big"))
+        article = {"T": "n", "id": 1, "created_at": created, "updated_at": "2024-01-01T00:00:00Z"}
+        decoded = FrameDecoder("news", "msgpack").decode(msgspec.msgpack.encode([article]), 7)
+        assert [(a.created_at, a.updated_at) for a in decoded.messages] == [  # type: ignore[union-attr]
+            (20_000_000_000, "2024-01-01T00:00:00Z")
+        ]
 
     def test_bad_message_in_a_frame_is_rejected_alone(self) -> None:
         """One message with a bad timestamp extension is rejected; its neighbour decodes."""
