@@ -58,10 +58,14 @@ log = structlog.get_logger("storage")
 
 _DAY_NS: Final = 86_400 * 1_000_000_000
 SEAL_GRACE_SECONDS: Final = 30.0
+"""How long shutdown may spend sealing open buffers; systemd's TimeoutStopSec sits above it."""
 ZSTD_LEVEL: Final = 5
 """Measured on 1M trades: 8.2 bytes a row at level 3, 7.4 at 5, no better above; level 5 still
 encodes about 5M rows/s."""
-"""How long shutdown may spend sealing open buffers; systemd's TimeoutStopSec sits above it."""
+ZSTD_DELTA_LEVEL: Final = 15
+"""For delta-encoded columns (event times, ids): their bit-packed deltas are few bytes, so a
+higher level costs little time and takes `ts` from 2.73 to 2.53 bytes a trade (a 256k-row trade
+file: 8.50 -> 8.29 bytes a row, written in 97 instead of 56 ms)."""
 RETRY_FIRST_SECONDS: Final = 0.1
 RETRY_MAX_SECONDS: Final = 5.0
 RECV_TS: Final = "recv_ts"
@@ -121,6 +125,11 @@ def column_encodings(schema: pa.Schema) -> tuple[list[str], list[str]]:
     return dictionary, delta
 
 
+def _levels(schema: pa.Schema, delta: list[str]) -> dict[str, int]:
+    """The zstd level of every column (`ZSTD_DELTA_LEVEL` for delta-encoded ones)."""
+    return {f.name: ZSTD_DELTA_LEVEL if f.name in delta else ZSTD_LEVEL for f in schema}
+
+
 def _is_price(name: str) -> bool:
     return name == "price" or name.endswith("_price")
 
@@ -138,7 +147,7 @@ def write_parquet_atomically(
             table,
             temporary,
             compression=cast("Any", None if compression == "none" else compression),
-            compression_level=ZSTD_LEVEL if compression == "zstd" else None,
+            compression_level=_levels(table.schema, delta) if compression == "zstd" else None,
             use_dictionary=cast("Any", dictionary),  # the stubs say bool; a list of names works
             column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED"),
             write_statistics=True,
