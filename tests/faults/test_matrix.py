@@ -259,7 +259,7 @@ class TestBackpressure:
         slow_disk(monkeypatch, 0.6)
         small_receive_buffer(monkeypatch, 64 * 1024)
         content = Content()
-        # More than the router holds pending (32,768) plus the writer's bound, so the reader stalls.
+        # More than the router holds pending (65,536) plus the writer's bound, so the reader stalls.
         a = content.stocks(90_000, kinds=1)
         c = content.stocks(300)
 
