@@ -108,7 +108,13 @@ class DaemonLedger:
             for name, state in states
             if table in state.seen and (symbol is None or table == "articles" or name == symbol)
         ]
-        found += [ns for ns in map(stamp_ns, stamps) if ns is not None]
+        # Nanoseconds as they are; text sorts like time, so only the newest text is parsed.
+        nanos = [s for s in stamps if isinstance(s, int)]
+        texts = [s for s in stamps if isinstance(s, str)]
+        if nanos:
+            found.append(max(nanos))
+        if texts and (newest := stamp_ns(max(texts))) is not None:
+            found.append(newest)
         if symbol is None or table == "articles":
             found += persisted.values()
         elif symbol in persisted:

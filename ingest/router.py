@@ -378,8 +378,9 @@ class StreamRouter:
             await self._dataset.writer(self.stream, table).put(records)
         for table, records in tables.items():
             self._metrics.messages.inc(self.stream, table, amount=len(records))
-            # A lower bound of the newest stamp, O(1) a batch: the batch's last (canonical RFC
-            # 3339 UTC text sorts like time). A back-fill checks every row from there on.
+            # A lower bound of the newest stamp, O(1) a batch: the batch's last (nanoseconds, or
+            # canonical RFC 3339 UTC text, which sorts like time). A back-fill checks every row
+            # from there on.
             last = _STAMP.get(table, _T)(records[-1])
             if _later(last, seen.get(table)):
                 seen[table] = last
