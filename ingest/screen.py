@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from storage.schemas import TIMESTAMP
+from storage.schemas import TIMESTAMP, stamp_ns
 from streams.messages import NewsArticle, Reject, format_stamp
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def screen_frame(frame: Frame) -> Frame:
 
 def parseable_timestamps(stamps: Sequence[Stamp]) -> npt.NDArray[np.bool_]:
     """Which stamps Arrow can parse (the slow path after a bulk parse failed)."""
-    return np.array([_parse_one(s) is not None for s in stamps], dtype=bool)
+    return np.array([stamp_ns(s) is not None for s in stamps], dtype=bool)
 
 
 def quarantine_refused(
@@ -131,7 +131,7 @@ def refused_reject(record: object, detail: str) -> Reject:
     """The quarantine entry of a record a table writer could not convert."""
     stamps = [getattr(record, name, None) for name in ("t", "created_at", "updated_at")]
     texts = [s for s in stamps if isinstance(s, str)]
-    reason = "bad_timestamp" if any(_parse_one(s) is None for s in texts) else "invalid_message"
+    reason = "bad_timestamp" if any(stamp_ns(s) is None for s in texts) else "invalid_message"
     try:
         raw = _encode(record)
     except (TypeError, ValueError):
@@ -166,21 +166,11 @@ def _stamps_of(messages: list[AnyMessage]) -> tuple[list[Stamp], int]:
 _ALWAYS_FINE: Final = "2000-01-01T00:00:00Z"
 
 
-def _parse_one(stamp: Stamp) -> int | None:
-    if isinstance(stamp, int):
-        return stamp
-    try:
-        value = pa.array([stamp], pa.string()).cast(TIMESTAMP).cast(pa.int64())[0].as_py()
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-        return None
-    return value
-
-
 def _bad_messages(stamps: list[Stamp], per_message: int, latest_ns: int) -> dict[int, str]:
     """Message index -> reason, for every message with at least one unusable stamp."""
     bad: dict[int, str] = {}
     for position, stamp in enumerate(stamps):
-        value = _parse_one(stamp)
+        value = stamp_ns(stamp)
         index = position // per_message
         if value is None:
             bad[index] = "bad_timestamp"
