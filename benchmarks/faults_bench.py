@@ -5,7 +5,7 @@ tracking (per symbol batch) and the corrections memory (per stock trade). Part 2
 daemon over a burst of stock trade frames while every Parquet file takes `--slow` seconds longer
 to write, once per backpressure policy, sampling RSS every 0.5 s:
 
-    .venv/bin/python benchmarks/faults_bench.py [--frames 4000] [--slow 0.2]
+    .venv/bin/python -m benchmarks.faults_bench [--frames 4000] [--slow 0.2]
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def main() -> None:
         time.sleep(args.slow)
         real(*a, **k)
 
-    storage.parquet.write_parquet_atomically = slow  # type: ignore[assignment]
+    storage.parquet.write_parquet_atomically = slow
     for policy in ("block", "drop"):
         with tempfile.TemporaryDirectory() as tmp:
             result = anyio.run(burst, Path(tmp), policy, args.frames)

@@ -1,0 +1,1 @@
+"""Benchmarks beyond `ingest bench`: run each with `python -m benchmarks.<name>`."""
