@@ -22,7 +22,7 @@ fix is then `not_found`). Everything else happens only when a correction arrives
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -43,38 +43,37 @@ APPLIED: Final = ("open_bar", "partial", "closed_bar", "not_found")
 
 
 class TradeMemory:
-    """The last `window` (or up to twice that) trades of one stock symbol, as the pipeline saw them.
+    """The last `window` trades of one stock symbol, as the pipeline saw them.
 
-    Column arrays with room for `2 x window` trades, grown by doubling as the symbol trades, so a
-    quiet symbol costs little: 41 bytes per remembered trade. Appending copies a batch's columns
-    in; when the arrays are full the newest `window` trades move to the front.
+    Column arrays used as a ring: a trade's position is its arrival sequence number, its slot
+    that number modulo the capacity. The capacity grows by doubling up to `window` as the symbol
+    trades, so a quiet symbol costs little and a busy one `window` x 41 bytes at most. (A buffer
+    of twice the window, compacted when full, held twice that: 164 MB at 200 symbols.)
     """
 
     __slots__ = (
         "_alive",
-        "_end",
         "_exchanges",
-        "_first_seq",
         "_ids",
+        "_next",
+        "_oldest",
         "_price",
         "_size",
-        "_start",
         "_ts",
         "_window",
     )
 
     def __init__(self, window: int) -> None:
         self._window = window
-        capacity = min(64, 2 * window)
+        capacity = min(64, window)
         self._ids = np.empty(capacity, np.int64)
         self._exchanges = np.empty(capacity, np.int64)
         self._ts = np.empty(capacity, np.int64)
         self._price = np.empty(capacity, np.float64)
         self._size = np.empty(capacity, np.float64)
         self._alive = np.empty(capacity, np.bool_)
-        self._start = self._end = 0
-        self._first_seq = 0
-        """Sequence number of the trade at `_start`."""
+        self._oldest = self._next = 0
+        """Sequence numbers of the oldest trade kept and of the next one."""
 
     def remember(
         self,
@@ -91,83 +90,101 @@ class TradeMemory:
         computes them once per flush for every symbol).
         """
         n = len(trades)
-        ids, exchanges = trade_keys(trades) if keys is None else keys
-        if self._end == self._start:
-            self._first_seq = seq0
-        self._make_room(n)
-        end = self._end + n
-        part = slice(self._end, end)
-        self._ids[part] = ids
-        self._exchanges[part] = exchanges
-        self._ts[part] = ts
-        self._price[part] = price
-        self._size[part] = size
-        self._alive[part] = True
-        self._end = end
-        excess = (self._end - self._start) - self._window
-        if excess > 0:
-            self._start += excess
-            self._first_seq += excess
-
-    def _make_room(self, n: int) -> None:
-        capacity = len(self._ids)
-        if self._end + n <= capacity:
+        if n == 0 or self._window == 0:
             return
-        kept = self._end - self._start
+        ids, exchanges = trade_keys(trades) if keys is None else keys
+        if seq0 != self._next:  # the first batch, or numbering started over: start afresh
+            self._oldest = self._next = seq0
+        skip = max(0, n - self._window)  # of a batch larger than the window, its last trades
+        end = seq0 + n
+        self._make_room(end - max(self._oldest, end - self._window))
+        # Into the ring as (at most) two slices: up to its end, then from its start.
+        start = (seq0 + skip) % len(self._ids)
+        head = min(n - skip, len(self._ids) - start)
+        wrapped = n - skip - head
+        columns = (ids, exchanges, ts, price, size)
+        for target, values in zip(self._columns()[:5], columns, strict=True):
+            target[start : start + head] = values[skip : skip + head]
+            target[:wrapped] = values[skip + head :]
+        self._alive[start : start + head] = True
+        self._alive[:wrapped] = True
+        self._next = end
+        self._oldest = max(self._oldest, end - self._window)
+
+    @property
+    def capacity(self) -> int:
+        """Trades it has room for (41 bytes each): what it costs."""
+        return len(self._ids)
+
+    def _columns(self) -> tuple[npt.NDArray[Any], ...]:
+        return self._ids, self._exchanges, self._ts, self._price, self._size, self._alive
+
+    def _make_room(self, kept: int) -> None:
+        """Grow the ring (by doubling, up to the window) to hold `kept` trades."""
+        capacity = len(self._ids)
+        if kept <= capacity or capacity >= self._window:
+            return
         size = capacity
-        while size < kept + n and size < 2 * self._window:
+        while size < kept and size < self._window:
             size *= 2
-        size = max(size, kept + n)  # a single batch larger than the window
-        for name in ("_ids", "_exchanges", "_ts", "_price", "_size", "_alive"):
-            old = getattr(self, name)
-            new = old if size == capacity else np.empty(size, old.dtype)
-            new[:kept] = old[self._start : self._end]  # numpy copes with the overlap
-            setattr(self, name, new)
-        self._start, self._end = 0, kept
+        size = min(size, self._window)
+        old = np.arange(self._oldest, self._next)
+        grown = []
+        for column in self._columns():
+            new = np.empty(size, column.dtype)
+            new[old % size] = column[old % capacity]
+            grown.append(new)
+        self._ids, self._exchanges, self._ts, self._price, self._size, self._alive = grown
+
+    def _kept(self) -> npt.NDArray[np.int64]:
+        """The slots of the kept trades, oldest first."""
+        return np.arange(self._oldest, self._next) % len(self._ids)
 
     def find(self, trade_id: int, exchange: str) -> int | None:
         """The position of a remembered, not cancelled trade; newest first."""
-        window = slice(self._start, self._end)
+        slots = self._kept()
         hits = np.flatnonzero(
-            (self._ids[window] == trade_id)
-            & (self._exchanges[window] == _exchange_code(exchange))
-            & self._alive[window]
+            (self._ids[slots] == trade_id)
+            & (self._exchanges[slots] == _exchange_code(exchange))
+            & self._alive[slots]
         )
-        return self._start + int(hits[-1]) if len(hits) else None
+        return self._oldest + int(hits[-1]) if len(hits) else None
 
     def recent(self) -> RecentTrades:
         """Every remembered trade that is not cancelled, in arrival order."""
-        window = slice(self._start, self._end)
-        alive = self._alive[window]
-        seqs = self._first_seq + np.arange(self._end - self._start, dtype=np.int64)
+        slots = self._kept()
+        alive = self._alive[slots]
+        seqs = np.arange(self._oldest, self._next, dtype=np.int64)
         return RecentTrades(
             seq=seqs[alive],
-            ts=self._ts[window][alive],
-            price=self._price[window][alive],
-            size=self._size[window][alive],
-            oldest=self._first_seq,
+            ts=self._ts[slots][alive],
+            price=self._price[slots][alive],
+            size=self._size[slots][alive],
+            oldest=self._oldest,
         )
 
     def seq_of(self, position: int) -> int:
-        """The arrival sequence number of the trade at `position`."""
-        return self._first_seq + position - self._start
+        """The arrival sequence number of the trade at `position` (they are the same)."""
+        return position
 
     def correct(
         self, position: int, trade_id: int, price: float, size: float
     ) -> tuple[float, float]:
         """Give a trade its corrected id, price and size; its old price and size."""
-        old = float(self._price[position]), float(self._size[position])
-        self._ids[position], self._price[position], self._size[position] = trade_id, price, size
+        slot = position % len(self._ids)
+        old = float(self._price[slot]), float(self._size[slot])
+        self._ids[slot], self._price[slot], self._size[slot] = trade_id, price, size
         return old
 
     def cancel(self, position: int) -> tuple[float, float]:
         """Forget a cancelled trade; its price and size."""
-        self._alive[position] = False
-        return float(self._price[position]), float(self._size[position])
+        slot = position % len(self._ids)
+        self._alive[slot] = False
+        return float(self._price[slot]), float(self._size[slot])
 
     def time_of(self, position: int) -> int:
         """The event time of the trade at `position`."""
-        return int(self._ts[position])
+        return int(self._ts[position % len(self._ids)])
 
 
 def _exchange_code(exchange: str) -> int:

@@ -218,3 +218,67 @@ class TestMemory:
         feed(pipeline, memory, REAL, 0, 100)
         assert len(memory.recent().seq) == 10
         assert memory.recent().oldest == 90
+
+    def test_never_holds_room_for_more_than_the_window(self) -> None:
+        """A ring: room grows by doubling up to the window, never past it (41 bytes a trade)."""
+        pipeline, memory = SymbolPipeline("ES", SETTINGS), TradeMemory(100)
+        rooms = []
+        for lo in range(0, 120, 7):
+            feed(pipeline, memory, REAL, lo, min(lo + 7, 120))
+            rooms.append(memory.capacity)
+        assert rooms[0] == 64
+        assert max(rooms) == rooms[-1] == 100
+        assert memory.recent().seq.tolist() == list(range(20, 120))
+        assert memory.recent().price.tolist() == REAL.price[20:].tolist()
+
+    def test_a_trade_in_a_wrapped_slot_is_corrected_in_place(self) -> None:
+        """After the ring wraps, a correction still finds its trade and restates the open bars."""
+        pipeline, memory = SymbolPipeline("ES", SETTINGS), TradeMemory(30)
+        for lo in range(0, 120, 7):
+            feed(pipeline, memory, REAL, lo, min(lo + 7, 120))
+        assert memory.capacity == 30
+        # Trade 105: the open minute (00:01, trades 96-119) and the open tick bar (100-119).
+        assert apply_correction(pipeline, memory, correction(105, 5531.0, 4.0)) == "open_bar"
+        assert apply_correction(pipeline, memory, cancel(101)) == "open_bar"
+        opened = pipeline.flush().bars
+        want = bars_of(fixed(fixed(REAL, 105, 5531.0, 4.0), 101, None, None))
+        keys = {(b["bar_type"], b["ts"]) for b in opened}
+        same_bars(opened, [b for b in want if (b["bar_type"], b["ts"]) in keys])
+        assert 101 not in memory.recent().seq.tolist()
+
+    @pytest.mark.parametrize("window", [1, 5, 64, 100, 300])
+    def test_matches_a_plain_list_of_the_last_window_trades(self, window: int) -> None:
+        """Random batches, cancels and corrections: the ring agrees with a naive model."""
+        rng = np.random.default_rng(window)
+        memory = TradeMemory(window)
+        model: list[list[float]] = []  # [seq, id, price, alive] of every trade, in arrival order
+        seq = 0
+        for _ in range(200):
+            n = int(rng.integers(1, 2 * window + 2))
+            ids = np.arange(seq + 1, seq + n + 1, dtype=np.int64)
+            price = rng.uniform(1, 2, n)
+            trades = [StockTrade(S="ES", t="", i=int(i), x=EXCHANGE, p=1.0, s=1.0) for i in ids]
+            memory.remember(seq, trades, ids * 10, price, np.ones(n))
+            model += [[seq + k, float(ids[k]), float(price[k]), 1.0] for k in range(n)]
+            seq += n
+            kept = model[-window:]
+            target = kept[int(rng.integers(0, len(kept)))]
+            position = memory.find(int(target[1]), EXCHANGE)
+            if target[3]:
+                assert position is not None
+                assert memory.seq_of(position) == target[0]
+                assert memory.time_of(position) == target[1] * 10
+                if rng.random() < 0.5:
+                    memory.cancel(position)
+                    target[3] = 0.0
+                else:
+                    memory.correct(position, int(target[1]), 3.0, 1.0)
+                    target[2] = 3.0
+            else:
+                assert position is None
+            recent = memory.recent()
+            alive = [t for t in model[-window:] if t[3]]
+            assert recent.oldest == model[-window:][0][0]
+            assert recent.seq.tolist() == [t[0] for t in alive]
+            assert recent.price.tolist() == [t[2] for t in alive]
+            assert memory.capacity <= window
