@@ -226,7 +226,10 @@ class Metrics:
     )
     dropped: Counter = field(
         default_factory=lambda: Counter(
-            "ingest_dropped_total", "Messages dropped by the drop backpressure policy.", ("stream",)
+            "ingest_dropped_total",
+            "Messages dropped by the drop backpressure policy, or that waited for a stuck journal"
+            " past the 30 s grace.",
+            ("stream",),
         )
     )
     corrections: Counter = field(

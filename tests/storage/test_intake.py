@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from ingest.config import StorageSettings
@@ -93,4 +94,29 @@ class TestIntake:
         ]
         unsealed[0] = None
         assert await intake.checkpoint() == 1
+        await anyio.to_thread.run_sync(journal.close)
+
+    async def test_a_frame_that_waits_past_the_grace_is_counted_as_dropped(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A frame past the grace with the journal still behind: counted, not lost silently.
+
+        Under `block` a frame waits for room; the shielded wait ends after the grace period.
+        """
+        monkeypatch.setattr("ingest.intake.SEAL_GRACE_SECONDS", 0.05)
+        journal = SegmentWriter(tmp_path / "_journal" / "stocks", "s0of1-t", fsync="never")
+        metrics = Metrics()
+        intake = StreamIntake(
+            "stocks",
+            lambda _: anyio.lowlevel.checkpoint(),
+            journal=journal,
+            dedup=None,
+            settings=StorageSettings(queue_size=2),
+            metrics=metrics,
+            unsealed=lambda: None,
+        )
+        # No `run`: nothing drains the waiting frames, as with a journal that is stuck.
+        for recv in (1, 2, 3):
+            await intake.put(frame(recv, recv))
+        assert metrics.dropped.get("stocks") == 1
         await anyio.to_thread.run_sync(journal.close)
