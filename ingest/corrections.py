@@ -48,7 +48,7 @@ class TradeMemory:
     Column arrays used as a ring: a trade's position is its arrival sequence number, its slot
     that number modulo the capacity. The capacity grows by doubling up to `window` as the symbol
     trades, so a quiet symbol costs little and a busy one `window` x 41 bytes at most. (A buffer
-    of twice the window, compacted when full, held twice that: 164 MB at 200 symbols.)
+    of twice the window, compacted when full, held up to 16,384 slots: 134 MB at 200 symbols.)
     """
 
     __slots__ = (
