@@ -2,14 +2,15 @@
 
 Start: journal segments an unclean stop left behind are replayed into the dataset
 (`storage.recovery`), the de-duplication filter learns what the dataset holds (`storage.dedup`),
-then the source starts. Every frame passes its stream's intake (de-duplicate, journal, deliver;
-`ingest.intake`) on its way to the router.
+then the source starts. Every frame passes its stream's intake (de-duplicate, queue for the
+journal, deliver; `ingest.intake`) on its way to the router; a seal waits for the journal to hold
+the frames of its rows.
 
 Shutdown has one path. A signal, `--duration` or the end of a replay sets `stop`; that cancels only
 the source (reading stops; a frame being handed over is finished under a shield). Each intake
-journals and delivers what it holds, each stream's router is then closed, its symbol tasks drain
-their queues and flush their open bars as partial, every table writer seals its buffer, and the
-journal segments that Parquet now covers are deleted. Nothing received is left unwritten.
+journals what it holds, each stream's router is then closed, its symbol tasks drain their queues
+and flush their open bars as partial, every table writer seals its buffer, and the journal
+segments that Parquet now covers are deleted. Nothing received is left unwritten.
 """
 
 from __future__ import annotations
@@ -221,6 +222,7 @@ async def run_daemon(
                     for stream, router in routers.items()
                 }
                 dataset.on_sealed = lambda stream: intakes[stream].notify_sealed()
+                dataset.before_seal = lambda stream: intakes[stream].journaled()
                 state.attach(routers)
                 if isinstance(source, SupportsLedger):
                     ledger = DaemonLedger(settings, routers, intakes, dataset, indicators)

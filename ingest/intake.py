@@ -1,16 +1,23 @@
-"""One stream's way in: de-duplicate, journal, then deliver to the router.
+"""One stream's way in: de-duplicate, journal and deliver to the router, side by side.
 
 The source's sink for a stream is `StreamIntake.put`. A frame gets a receive time unique and
 increasing within the stream (its id in the journal), loses the messages the dataset already holds
-(`storage.dedup`), and waits in a bounded list. A flusher task appends everything waiting as one
-batch to the stream's journal segment (in a worker thread, fsynced per `[storage] fsync`) and only
-then delivers those frames to the router: nothing reaches Parquet that is not in the journal, and
-under load one append covers many frames (group commit).
+(`storage.dedup`), joins the journal's bounded queue and goes on to the router in the same step.
+A flusher task appends everything queued as one batch to the stream's journal segment (in a worker
+thread, fsynced per `[storage] fsync`): under load one append covers many frames (group commit).
+
+The pipeline does not wait for the journal's write and fsync, which used to set the latency of
+every frame. What the journal guarantees is kept where it matters, at the Parquet seal: a writer
+seals only once the journal holds every frame taken before the seal began (`journaled`), so
+nothing reaches Parquet that is not in the journal, and recovery can rebuild it. A frame joins the
+queue and the router's pending set with no await in between, so it is always in sight of segment
+deletion.
 
 After every seal of one of the stream's tables, the checkpointer works out the oldest frame still
-unsealed anywhere (waiting here, in a symbol queue, in a writer's buffer) and deletes the journal
-segments older than that. A failed append is counted (`storage_errors{table="_journal"}`), logged
-and retried with back-off while the source waits; the segment keeps every batch before it.
+unsealed anywhere (queued for the journal, in the router, in a writer's buffer) and deletes the
+journal segments older than that. A failed append is counted (`storage_errors{table="_journal"}`),
+logged and retried with back-off; meanwhile the queue fills and then the source waits, and seals
+wait too. The segment keeps every batch before it.
 """
 
 from __future__ import annotations
@@ -73,9 +80,14 @@ class StreamIntake:
         self._limit = settings.queue_size
         self._pending: list[Frame] = []
         self._pending_bytes = 0
-        self._current: list[Frame] = []
-        self._delivered = 0
+        self._appending: list[Frame] = []
         self._last_ns = 0
+        self._queued_ns = 0
+        """Receive time of the newest frame queued for the journal."""
+        self._journaled_ns = 0
+        """Receive time of the newest frame the journal holds (or gave up on while stopping)."""
+        self._journal_moved = anyio.Event()
+        self._finished = False
         self._ready = anyio.Event()
         self._space = anyio.Event()
         self._sealed = anyio.Event()
@@ -113,7 +125,9 @@ class StreamIntake:
                 return
         self._pending.append(frame)
         self._pending_bytes += len(frame.raw)
+        self._queued_ns = frame.recv_ns
         self._ready.set()
+        await self._deliver(frame)  # takes the frame before its first await (`StreamRouter`)
 
     def _full(self) -> bool:
         return len(self._pending) >= self._limit or self._pending_bytes >= PENDING_BYTES
@@ -133,26 +147,43 @@ class StreamIntake:
         return len(self._pending)
 
     def oldest_ns(self) -> int | None:
-        """Receive time of the oldest frame accepted here but not yet delivered."""
-        if self._delivered < len(self._current):
-            return self._current[self._delivered].recv_ns
+        """Receive time of the oldest frame accepted here but not yet in the journal."""
+        if self._appending:
+            return self._appending[0].recv_ns
         return self._pending[0].recv_ns if self._pending else None
+
+    async def journaled(self) -> None:
+        """Wait until the journal holds every frame queued so far: a seal must not get ahead."""
+        if self._journal is None:
+            return
+        target = self._queued_ns
+        while self._journaled_ns < target and not self._finished:
+            await self._journal_moved.wait()
+
+    def _mark_journaled(self, recv_ns: int) -> None:
+        self._journaled_ns = recv_ns
+        self._journal_moved.set()
+        self._journal_moved = anyio.Event()
 
     # --- tasks ---------------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Journal and deliver until closed and drained; delete covered segments meanwhile."""
-        async with anyio.create_task_group() as group:
-            if self._journal is not None:
-                group.start_soon(self._checkpoints)
-            task_status.started()
-            if self._journal is not None:
-                await self._flush()
-            else:
-                while not self._closing:
-                    await self._ready.wait()
-                    self._ready = anyio.Event()
-            group.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as group:
+                if self._journal is not None:
+                    group.start_soon(self._checkpoints)
+                task_status.started()
+                if self._journal is not None:
+                    await self._flush()
+                else:
+                    while not self._closing:
+                        await self._ready.wait()
+                        self._ready = anyio.Event()
+                group.cancel_scope.cancel()
+        finally:
+            self._finished = True  # no more appends: nothing waiting on the journal may hang
+            self._journal_moved.set()
 
     async def _flush(self) -> None:
         journal = self._journal
@@ -169,15 +200,13 @@ class StreamIntake:
                     if journal.needs_sync:
                         await self._sync()
                     continue
-            self._current, self._pending, self._delivered = self._pending, [], 0
+            self._appending, self._pending = self._pending, []
             self._pending_bytes = 0
             self._space.set()
             self._space = anyio.Event()
-            await self._append(self._current)
-            for frame in self._current:
-                await self._deliver(frame)
-                self._delivered += 1
-            self._current, self._delivered = [], 0
+            await self._append(self._appending)
+            self._mark_journaled(self._appending[-1].recv_ns)
+            self._appending = []
 
     async def _append(self, frames: list[Frame]) -> None:
         """Append one batch, retrying with back-off; on the way out, give up after the grace."""
@@ -200,7 +229,7 @@ class StreamIntake:
                     deadline = min(deadline, time.monotonic() + SEAL_GRACE_SECONDS)
                     if time.monotonic() >= deadline:
                         log.error("journal_skipped", stream=self.stream, frames=len(frames))
-                        return  # stopping: deliver anyway, Parquet may still take them
+                        return  # stopping: the frames are delivered, Parquet may still take them
                 await anyio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
             else:

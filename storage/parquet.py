@@ -279,9 +279,12 @@ class TableWriter:
         metrics: Metrics,
         on_sealed: Callable[[StreamName], None] | None = None,
         on_refused: Callable[[StreamName, str, Refused], Awaitable[None]] | None = None,
+        before_seal: Callable[[StreamName], Awaitable[None]] | None = None,
     ) -> None:
+        """`before_seal` is awaited once a seal has taken its rows, before they are written."""
         self.stream = stream
         self._on_refused = on_refused
+        self._before_seal = before_seal
         self._metrics = metrics
         self.spec = spec
         self.stats = WriterStats()
@@ -443,6 +446,8 @@ class TableWriter:
             tables, self._tables, self._table_rows = self._tables, [], 0
             self._sealing, self._sealing_tables = records, tables
             self._oldest["sealing"], self._oldest["buffer"] = self._oldest["buffer"], None
+            if self._before_seal is not None:
+                await self._before_seal(self.stream)  # the journal catches up with these rows
             # Should converting raise (a bug), "sealing" stays set: the journal keeps the frames.
             result = await anyio.to_thread.run_sync(self._write, records, tables)
             self._oldest["sealing"] = None
@@ -553,6 +558,8 @@ class Dataset:
     """Gives each writer its `admit` filter when it is created (crash recovery)."""
     on_refused: Callable[[StreamName, str, Refused], Awaitable[None]] | None = None
     """Takes the records a table could not convert (the quarantine)."""
+    before_seal: Callable[[StreamName], Awaitable[None]] | None = None
+    """Awaited by every seal before it writes (the journal first holds the rows' frames)."""
 
     def writer(self, stream: StreamName, table: str) -> TableWriter:
         """The writer of `stream/table`, started on first use."""
@@ -570,6 +577,7 @@ class Dataset:
                 metrics=self.metrics,
                 on_sealed=self._sealed,
                 on_refused=self.on_refused,
+                before_seal=self._before_seal,
             )
             if self.admission is not None:
                 writer.admit = self.admission(stream, spec)
@@ -591,6 +599,10 @@ class Dataset:
     def _sealed(self, stream: StreamName) -> None:
         if self.on_sealed is not None:
             self.on_sealed(stream)
+
+    async def _before_seal(self, stream: StreamName) -> None:
+        if self.before_seal is not None:
+            await self.before_seal(stream)
 
 
 @asynccontextmanager

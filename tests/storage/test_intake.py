@@ -1,8 +1,9 @@
-"""The intake: unique receive times, journal before delivery, segments deleted once covered."""
+"""The intake: unique receive times, journal beside delivery, seals after it, segments deleted."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -12,13 +13,31 @@ from ingest.config import StorageSettings
 from ingest.intake import StreamIntake
 from ingest.metrics import Metrics
 from storage.journal import SegmentWriter, list_segments, read_segment
+from storage.parquet import open_dataset
 from streams.base import Frame
 from streams.messages import StockTrade
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
 pytestmark = pytest.mark.anyio
+
+
+class GatedJournal(SegmentWriter):
+    """A journal whose appends wait (in their worker thread) until the test opens the gate."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+
+    def append(self, frames: Sequence[Frame]) -> None:
+        self.gate.wait(10)
+        super().append(frames)
+
+
+def parquet_files(root: Path) -> list[Path]:
+    return sorted(root.glob("stocks/trades/*/*.parquet"))
 
 
 def frame(recv_ns: int, i: int = 1) -> Frame:
@@ -28,18 +47,16 @@ def frame(recv_ns: int, i: int = 1) -> Frame:
 
 
 class TestIntake:
-    async def test_frames_are_journaled_before_delivery_with_unique_times(
+    async def test_frames_are_delivered_at_once_and_journaled_in_order_with_unique_times(
         self, tmp_path: Path
     ) -> None:
-        """Each delivered frame is already in the journal; equal or older times are nudged."""
-        journal = SegmentWriter(tmp_path / "_journal" / "stocks", "s0of1-t", fsync="never")
-        seen: list[tuple[int, list[int]]] = []
+        """Delivery does not wait for the journal; it holds every frame, equal times nudged."""
+        journal = GatedJournal(tmp_path / "_journal" / "stocks", "s0of1-t", fsync="never")
+        delivered: list[int] = []
 
-        async def deliver(delivered: Frame) -> None:
-            (path,) = await anyio.to_thread.run_sync(list_segments, tmp_path, "stocks")
-            read = await anyio.to_thread.run_sync(read_segment, path)
-            seen.append((delivered.recv_ns, [f.recv_ns for f in read.frames]))
-            assert all(m.recv_ns == delivered.recv_ns for m in delivered.messages)
+        async def deliver(frame: Frame) -> None:
+            delivered.append(frame.recv_ns)
+            assert all(m.recv_ns == frame.recv_ns for m in frame.messages)
 
         intake = StreamIntake(
             "stocks",
@@ -54,12 +71,58 @@ class TestIntake:
             await group.start(intake.run)
             for recv in (100, 100, 50, 200):
                 await intake.put(frame(recv))
+            await anyio.wait_all_tasks_blocked()
+            assert delivered == [100, 101, 102, 200]  # the journal is still held at the gate
+            assert intake.oldest_ns() == 100
+            journal.gate.set()
             intake.close()
-        assert [recv for recv, _ in seen] == [100, 101, 102, 200]
-        for recv, journaled in seen:
-            assert recv in journaled
+        (path,) = await anyio.to_thread.run_sync(list_segments, tmp_path, "stocks")
+        read = await anyio.to_thread.run_sync(read_segment, path)
+        assert [f.recv_ns for f in read.frames] == [100, 101, 102, 200]
         assert await intake.checkpoint() == 1  # nothing unsealed downstream: all covered
         assert await anyio.to_thread.run_sync(list_segments, tmp_path, "stocks") == []
+        await anyio.to_thread.run_sync(journal.close)
+
+    async def test_a_seal_waits_until_the_journal_holds_its_rows(self, tmp_path: Path) -> None:
+        """Nothing reaches Parquet that is not in the journal: the seal waits for the append."""
+        journal = GatedJournal(tmp_path / "_journal" / "stocks", "s0of1-t", fsync="never")
+        async with open_dataset(
+            tmp_path, StorageSettings(), writer_id="w", metadata={}, indicator_columns=()
+        ) as dataset:
+            writer = dataset.writer("stocks", "trades")
+
+            async def deliver(frame: Frame) -> None:
+                await writer.put(frame.messages)
+
+            intake = StreamIntake(
+                "stocks",
+                deliver,
+                journal=journal,
+                dedup=None,
+                settings=StorageSettings(),
+                metrics=Metrics(),
+                unsealed=lambda: dataset.oldest_unsealed_ns("stocks"),
+            )
+            dataset.before_seal = lambda _: intake.journaled()
+            async with anyio.create_task_group() as group:
+                await group.start(intake.run)
+                await intake.put(frame(100))
+                sealed = anyio.Event()
+
+                async def seal() -> None:
+                    await writer.seal()
+                    sealed.set()
+
+                group.start_soon(seal)
+                await anyio.wait_all_tasks_blocked()
+                assert await anyio.to_thread.run_sync(parquet_files, tmp_path) == []
+                assert writer.oldest_unsealed_ns == 100  # still in sight of segment deletion
+                journal.gate.set()
+                with anyio.fail_after(10):
+                    await sealed.wait()
+                assert writer.oldest_unsealed_ns is None
+                intake.close()
+            assert len(await anyio.to_thread.run_sync(parquet_files, tmp_path)) == 1
         await anyio.to_thread.run_sync(journal.close)
 
     async def test_segments_wait_for_what_is_unsealed_downstream(self, tmp_path: Path) -> None:
