@@ -105,9 +105,11 @@ class TradeMemory:
         columns = (ids, exchanges, ts, price, size)
         for target, values in zip(self._columns()[:5], columns, strict=True):
             target[start : start + head] = values[skip : skip + head]
-            target[:wrapped] = values[skip + head :]
+            if wrapped:  # rarely: an empty slice assignment costs as much as a full one
+                target[:wrapped] = values[skip + head :]
         self._alive[start : start + head] = True
-        self._alive[:wrapped] = True
+        if wrapped:
+            self._alive[:wrapped] = True
         self._next = end
         self._oldest = max(self._oldest, end - self._window)
 
