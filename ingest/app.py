@@ -25,6 +25,7 @@ import anyio
 import structlog
 
 from ingest import __version__
+from ingest.collector import daemon_collector
 from ingest.config import STREAMS
 from ingest.intake import StreamIntake, close_journals, create_segment_writer
 from ingest.ledger import DaemonLedger
@@ -157,117 +158,118 @@ async def run_daemon(
         derived_window_seconds=longest_bar,
         metrics=metrics,
     )
-    async with anyio.create_task_group() as root_group:
-        await root_group.start(run_watchdog, notifier, state.alive)
-        state.port = await root_group.start(serve, settings.server, state, metrics, hub)
-        if handle_signals:
-            root_group.start_soon(_stop_on_signals, stop, root_group.cancel_scope)
-        if duration is not None:
-            root_group.start_soon(_stop_after, stop, duration)
-        await anyio.to_thread.run_sync(_prepare_storage, settings)
-        if settings.storage.journal:
-            derived = DedupFilter(
-                settings.storage.dedup_horizon,
-                indicators,
-                derived_window_seconds=longest_bar,
-                metrics=metrics,
-            )
-            await anyio.to_thread.run_sync(derived.seed, root, STREAMS, DERIVED_TABLES)
-            recovered = await recover_journal(
-                settings,
-                writer_id=writer_id,
-                prefix=writer_prefix(settings.ingest.shard),
-                metadata=metadata,
-                indicator_columns=indicators,
-                metrics=metrics,
-                make_router=lambda stream, dataset: StreamRouter(
-                    stream,
+    with daemon_collector():
+        async with anyio.create_task_group() as root_group:
+            await root_group.start(run_watchdog, notifier, state.alive)
+            state.port = await root_group.start(serve, settings.server, state, metrics, hub)
+            if handle_signals:
+                root_group.start_soon(_stop_on_signals, stop, root_group.cancel_scope)
+            if duration is not None:
+                root_group.start_soon(_stop_after, stop, duration)
+            await anyio.to_thread.run_sync(_prepare_storage, settings)
+            if settings.storage.journal:
+                derived = DedupFilter(
+                    settings.storage.dedup_horizon,
+                    indicators,
+                    derived_window_seconds=longest_bar,
+                    metrics=metrics,
+                )
+                await anyio.to_thread.run_sync(derived.seed, root, STREAMS, DERIVED_TABLES)
+                recovered = await recover_journal(
                     settings,
-                    dataset,
-                    quarantine,
-                    metrics,
-                    pipeline_factory=pipeline_factory,
-                ),
-                admission=derived.admission,
-            )
-        await anyio.to_thread.run_sync(dedup.seed, root, streams)
-        journals = {
-            stream: create_segment_writer(settings, writer_id, stream)
-            for stream in streams
-            if settings.storage.journal
-        }
-        intakes: dict[StreamName, StreamIntake] = {}
-        try:
-            async with open_dataset(
-                root,
-                settings.storage,
-                writer_id=writer_id,
-                metadata=metadata,
-                indicator_columns=indicators,
-                metrics=metrics,
-                admission=dedup.admission,
-                on_refused=quarantine_refused(quarantine, metrics),
-            ) as dataset:
-                routers = {stream: make_router(stream, dataset) for stream in streams}
-                intakes = {
-                    stream: StreamIntake(
+                    writer_id=writer_id,
+                    prefix=writer_prefix(settings.ingest.shard),
+                    metadata=metadata,
+                    indicator_columns=indicators,
+                    metrics=metrics,
+                    make_router=lambda stream, dataset: StreamRouter(
                         stream,
-                        router.deliver,
-                        journal=journals.get(stream),
-                        dedup=dedup,
-                        settings=settings.storage,
-                        metrics=metrics,
-                        unsealed=functools.partial(_unsealed, router, dataset, stream),
-                    )
-                    for stream, router in routers.items()
-                }
-                dataset.on_sealed = lambda stream: intakes[stream].notify_sealed()
-                dataset.before_seal = lambda stream: intakes[stream].journaled()
-                state.attach(routers)
-                if isinstance(source, SupportsLedger):
-                    ledger = DaemonLedger(settings, routers, intakes, dataset, indicators)
-                    await anyio.to_thread.run_sync(
-                        ledger.seed, root, streams, settings.alpaca.backfill_max_gap
-                    )
-                    source.ledger = ledger
-                history = source if isinstance(source, SupportsBarHistory) else None
-                for stream, router in routers.items():
-                    symbols = settings.streams[stream].symbols
-                    router.warmup = await load_warmup(settings, stream, symbols, history)
-                async with anyio.create_task_group() as stream_groups:
-                    for router in routers.values():
-                        await stream_groups.start(router.run)
-                    stream_groups.start_soon(
-                        _sample_queues, routers, intakes, dataset, metrics, stop, sample_seconds
-                    )
-                    stream_groups.start_soon(
-                        _report_progress,
-                        routers,
+                        settings,
+                        dataset,
+                        quarantine,
                         metrics,
-                        state,
-                        notifier,
-                        stop,
-                        progress_seconds,
-                    )
-                    async with anyio.create_task_group() as intake_group:
-                        for intake in intakes.values():
-                            await intake_group.start(intake.run)
-                        sinks: Mapping[StreamName, FrameSink] = {
-                            s: _timed(i.put, metrics, s) for s, i in intakes.items()
-                        }
-                        await _run_source(source, sinks, stop, ready)
-                        state.stopping = True
-                        notifier.stopping()
-                        log.info("source_stopped", source=source.name)
-                        for intake in intakes.values():
-                            intake.close()
-                    for router in routers.values():
-                        router.close()
-                    stop.set()
-        finally:
-            with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
-                await close_journals(intakes, journals)
-        root_group.cancel_scope.cancel()  # the timers and signal watcher have nothing left to do
+                        pipeline_factory=pipeline_factory,
+                    ),
+                    admission=derived.admission,
+                )
+            await anyio.to_thread.run_sync(dedup.seed, root, streams)
+            journals = {
+                stream: create_segment_writer(settings, writer_id, stream)
+                for stream in streams
+                if settings.storage.journal
+            }
+            intakes: dict[StreamName, StreamIntake] = {}
+            try:
+                async with open_dataset(
+                    root,
+                    settings.storage,
+                    writer_id=writer_id,
+                    metadata=metadata,
+                    indicator_columns=indicators,
+                    metrics=metrics,
+                    admission=dedup.admission,
+                    on_refused=quarantine_refused(quarantine, metrics),
+                ) as dataset:
+                    routers = {stream: make_router(stream, dataset) for stream in streams}
+                    intakes = {
+                        stream: StreamIntake(
+                            stream,
+                            router.deliver,
+                            journal=journals.get(stream),
+                            dedup=dedup,
+                            settings=settings.storage,
+                            metrics=metrics,
+                            unsealed=functools.partial(_unsealed, router, dataset, stream),
+                        )
+                        for stream, router in routers.items()
+                    }
+                    dataset.on_sealed = lambda stream: intakes[stream].notify_sealed()
+                    dataset.before_seal = lambda stream: intakes[stream].journaled()
+                    state.attach(routers)
+                    if isinstance(source, SupportsLedger):
+                        ledger = DaemonLedger(settings, routers, intakes, dataset, indicators)
+                        await anyio.to_thread.run_sync(
+                            ledger.seed, root, streams, settings.alpaca.backfill_max_gap
+                        )
+                        source.ledger = ledger
+                    history = source if isinstance(source, SupportsBarHistory) else None
+                    for stream, router in routers.items():
+                        symbols = settings.streams[stream].symbols
+                        router.warmup = await load_warmup(settings, stream, symbols, history)
+                    async with anyio.create_task_group() as stream_groups:
+                        for router in routers.values():
+                            await stream_groups.start(router.run)
+                        stream_groups.start_soon(
+                            _sample_queues, routers, intakes, dataset, metrics, stop, sample_seconds
+                        )
+                        stream_groups.start_soon(
+                            _report_progress,
+                            routers,
+                            metrics,
+                            state,
+                            notifier,
+                            stop,
+                            progress_seconds,
+                        )
+                        async with anyio.create_task_group() as intake_group:
+                            for intake in intakes.values():
+                                await intake_group.start(intake.run)
+                            sinks: Mapping[StreamName, FrameSink] = {
+                                s: _timed(i.put, metrics, s) for s, i in intakes.items()
+                            }
+                            await _run_source(source, sinks, stop, ready)
+                            state.stopping = True
+                            notifier.stopping()
+                            log.info("source_stopped", source=source.name)
+                            for intake in intakes.values():
+                                intake.close()
+                        for router in routers.values():
+                            router.close()
+                        stop.set()
+            finally:
+                with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
+                    await close_journals(intakes, journals)
+            root_group.cancel_scope.cancel()  # the timers and signal watcher are done
     result = _result(settings, writer_id, dataset, metrics, quarantine, time.monotonic() - started)
     result.recovered_frames = recovered
     result.duplicates = int(sum(metrics.deduplicated.values.values()))
