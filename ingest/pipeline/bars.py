@@ -53,50 +53,42 @@ class TradeSlice:
     `cv[i]` and `cpv[i]` are the session's volume and notional before trade `i` of the slice
     (`cv[0]` carries the sum of earlier batches), so they have one more element than `ts`.
     `ev`/`epv` are the same sums restricted to trades of an earlier UTC day, which the session
-    VWAP leaves out; they are None when the session has none.
+    VWAP leaves out; they are None when the session has none. The sums are lists of Python
+    floats: builders read them one at a time, and only at bar boundaries.
     """
 
     ts: IntArray
     price: FloatArray
     size: FloatArray
-    cv: FloatArray
-    cpv: FloatArray
-    ev: FloatArray | None
-    epv: FloatArray | None
+    cv: list[float]
+    cpv: list[float]
+    ev: list[float] | None
+    epv: list[float] | None
     tmin: int
     tmax: int
     pmin: float
     pmax: float
     offset: int
     """Arrival sequence number of trade 0 of the slice (orders bars closed in one call)."""
-    cv_end: float
-    """`cv[-1]`, the session volume after the slice, as a Python float."""
-    cpv_end: float
     last_price: float
     sv_end: float | None
     """Session VWAP after the slice's last trade."""
-    _prices: list[float] | None = None
-    _sums: tuple[list[float], list[float]] | None = None
+    price_list: list[float] | None = None
+    """`price` as Python floats, when the caller has them already (else see `prices`)."""
 
     def prices(self) -> list[float]:
         """`price` as Python floats, converted once and only when a bar boundary needs it."""
-        if self._prices is None:
-            self._prices = self.price.tolist()
-        return self._prices
-
-    def sums(self) -> tuple[list[float], list[float]]:
-        """`cv` and `cpv` as Python floats, converted once when a bar boundary needs them."""
-        if self._sums is None:
-            self._sums = (self.cv.tolist(), self.cpv.tolist())
-        return self._sums
+        if self.price_list is None:
+            self.price_list = self.price.tolist()
+        return self.price_list
 
     def session_vwap(self, i: int) -> float | None:
         """Session VWAP just after trade `i` of the slice."""
-        volume = float(self.cv[i + 1])
-        notional = float(self.cpv[i + 1])
+        volume = self.cv[i + 1]
+        notional = self.cpv[i + 1]
         if self.ev is not None and self.epv is not None:
-            volume -= float(self.ev[i + 1])
-            notional -= float(self.epv[i + 1])
+            volume -= self.ev[i + 1]
+            notional -= self.epv[i + 1]
         return notional / volume if volume > 0 else None
 
 
@@ -320,16 +312,16 @@ class TimeBarBuilder(BarBuilder):
         self._seen = False
 
     def _begin_bucket(self, trades: TradeSlice, i: int, bucket: int) -> None:
-        price, s0_v, s0_pv = trades.prices()[i], float(trades.cv[i]), float(trades.cpv[i])
-        self._begin(bucket * self._width, price, s0_v, s0_pv, trades.offset + i)
+        price = trades.prices()[i]
+        self._begin(bucket * self._width, price, trades.cv[i], trades.cpv[i], trades.offset + i)
         self._bucket = bucket
         self._lv = self._lpv = 0.0
 
     def update(self, trades: TradeSlice) -> Sequence[Bar]:
         """Add a slice of trades; return the bars closed by trades of later buckets."""
         self.late_mask = None
-        self._s_end_v = trades.cv_end
-        self._s_end_pv = trades.cpv_end
+        self._s_end_v = trades.cv[-1]
+        self._s_end_pv = trades.cpv[-1]
         lo = self._bucket * self._width
         if self._seen and trades.tmin >= lo and trades.tmax < lo + self._width:
             # The common case: the whole slice falls into the open bucket.
@@ -362,11 +354,7 @@ class TimeBarBuilder(BarBuilder):
             if start in opening:
                 if self._open:
                     closed.append(
-                        self._finish(
-                            float(trades.cv[start]),
-                            float(trades.cpv[start]),
-                            trades.offset + start,
-                        )
+                        self._finish(trades.cv[start], trades.cpv[start], trades.offset + start)
                     )
                 self._seen = True
                 self._begin_bucket(trades, start, int(buckets[start]))
@@ -412,15 +400,15 @@ class CountBarBuilder(BarBuilder):
     def update(self, trades: TradeSlice) -> Sequence[Bar]:
         """Add a slice of trades; return the bars whose threshold they reached."""
         m = len(trades.ts)
-        self._s_end_v = trades.cv_end
-        self._s_end_pv = trades.cpv_end
+        self._s_end_v = trades.cv[-1]
+        self._s_end_pv = trades.cpv[-1]
         if self._open:
             if self._kind == "tick":
                 fills = self._n + m >= self._ticks
             elif self._kind == "volume":
-                fills = (trades.cv_end - self._s0_v) + self._base_v >= self._threshold
+                fills = (trades.cv[-1] - self._s0_v) + self._base_v >= self._threshold
             else:
-                fills = (trades.cpv_end - self._s0_pv) + self._base_pv >= self._threshold
+                fills = (trades.cpv[-1] - self._s0_pv) + self._base_pv >= self._threshold
             if not fills:  # the common case: the slice does not fill the open bar
                 self._h = max(self._h, trades.pmax)
                 self._l = min(self._l, trades.pmin)
@@ -429,7 +417,7 @@ class CountBarBuilder(BarBuilder):
                 self._sv = trades.sv_end
                 return _NONE
         closed: list[Bar] = []
-        cv, cpv = trades.sums()
+        cv, cpv = trades.cv, trades.cpv
         prices = trades.prices()
         pos = 0
         while pos < m:

@@ -41,6 +41,8 @@ def _ratio(notional: float, volume: float) -> float | None:
 _min = np.minimum.reduce
 _max = np.maximum.reduce
 
+_Sums = tuple[list[float], list[float], list[float] | None, list[float] | None]
+
 
 @dataclass(frozen=True, slots=True)
 class RecentTrades:
@@ -270,37 +272,23 @@ class SymbolPipeline:
     ) -> list[tuple[int, Bar]]:
         """Run one session's consecutive trades through every bar builder."""
         m = len(ts)
-        sums = np.empty((m + 1, 2))
-        sums[0, 0] = self._cv
-        sums[0, 1] = self._cpv
-        sums[1:, 0] = size
-        np.multiply(price, size, out=sums[1:, 1])
-        excluded = None
-        if earlier is not None or self._ev:
-            excluded = np.zeros((m + 1, 2))
-            excluded[0, 0] = self._ev
-            excluded[0, 1] = self._epv
-            if earlier is not None:
-                excluded[1:][earlier] = sums[1:][earlier]
-            np.cumsum(excluded, axis=0, out=excluded)
-            self._ev, self._epv = float(excluded[m, 0]), float(excluded[m, 1])
-        np.cumsum(sums, axis=0, out=sums)
-        self._cv, self._cpv = end_v, end_pv = sums[m].tolist()
+        cv, cpv, ev, epv = self._sums(price, size, earlier)
+        self._cv, self._cpv = end_v, end_pv = cv[m], cpv[m]
+        if ev is not None and epv is not None:
+            self._ev, self._epv = ev[m], epv[m]
         trades = TradeSlice(
             ts=ts,
             price=price,
             size=size,
-            cv=sums[:, 0],
-            cpv=sums[:, 1],
-            ev=None if excluded is None else excluded[:, 0],
-            epv=None if excluded is None else excluded[:, 1],
+            cv=cv,
+            cpv=cpv,
+            ev=ev,
+            epv=epv,
             tmin=tmin,
             tmax=tmax,
             pmin=float(_min(price)),
             pmax=float(_max(price)),
             offset=self._seq + start,
-            cv_end=end_v,
-            cpv_end=end_pv,
             last_price=float(price[m - 1]),
             sv_end=_ratio(end_pv - self._epv, end_v - self._ev),
         )
@@ -314,6 +302,31 @@ class SymbolPipeline:
                 self._count_late()
                 break
         return closed
+
+    def _sums(
+        self,
+        price: npt.NDArray[np.float64],
+        size: npt.NDArray[np.float64],
+        earlier: npt.NDArray[np.bool_] | None,
+    ) -> _Sums:
+        """The session's running sums through the slice (`TradeSlice.cv` ... `.epv`)."""
+        m = len(price)
+        sums = np.empty((m + 1, 2))
+        sums[0, 0] = self._cv
+        sums[0, 1] = self._cpv
+        sums[1:, 0] = size
+        np.multiply(price, size, out=sums[1:, 1])
+        ev = epv = None
+        if earlier is not None or self._ev:
+            excluded = np.zeros((m + 1, 2))
+            excluded[0, 0] = self._ev
+            excluded[0, 1] = self._epv
+            if earlier is not None:
+                excluded[1:][earlier] = sums[1:][earlier]
+            np.cumsum(excluded, axis=0, out=excluded)
+            ev, epv = excluded[:, 0].tolist(), excluded[:, 1].tolist()
+        np.cumsum(sums, axis=0, out=sums)
+        return sums[:, 0].tolist(), sums[:, 1].tolist(), ev, epv
 
     def _count_late(self) -> None:
         masks = [b.late_mask for b in self._time_builders if b.late_mask is not None]
