@@ -10,20 +10,30 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from ingest.config import BarSpec, PipelineSettings
-from ingest.pipeline import RecentTrades, SymbolPipeline, symbol
+from ingest.config import AnomalySettings, BarSpec, PipelineSettings
+from ingest.pipeline import RecentTrades, SymbolPipeline, anomaly, symbol
+from ingest.pipeline.anomaly import _add_reduce
 from tests.pipeline.test_streaming import SMALL, SMALL_IQR
 
 MIDNIGHT = 1_719_878_400_000_000_000
 SECOND = 1_000_000_000
 DAY = 86_400 * SECOND
 ALWAYS, NEVER = 1 << 30, 0
-"""Values of the scalar threshold that force the scalar or the vector path."""
+"""Values of the scalar thresholds that force the scalar or the vector path everywhere."""
 
 CONFIGS = {
     "zscore": SMALL,
     "iqr": SMALL_IQR,
     "default": PipelineSettings(),
+    # Quartiles that fall on a value (no interpolation) of five-price windows.
+    "iqr5": PipelineSettings(
+        bars=SMALL.bars[2:], anomaly=AnomalySettings(window=5, threshold=0.5, method="iqr")
+    ),
+    # A window above numpy's 128-value summation block: the pairwise sum splits in halves.
+    "wide": PipelineSettings(
+        bars=(BarSpec("time", 1.0, "1s"), BarSpec("dollar", 5000.0, "5000")),
+        anomaly=AnomalySettings(window=150, threshold=1.0),
+    ),
 }
 
 Stream = tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
@@ -126,9 +136,10 @@ def run(config: PipelineSettings, trades: Stream, cuts: list[int], *, fixes: boo
 
 
 def run_forced(limit: int, *args: Any, fixes: bool = True) -> Any:
-    """`run` with the scalar threshold (`SCALAR_MAX`) set to `limit`."""
+    """`run` with both scalar thresholds (`SCALAR_MAX`, `SCALAR_WORK`) set to `limit`."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(symbol, "SCALAR_MAX", limit)
+        patch.setattr(anomaly, "SCALAR_WORK", limit)
         return run(*args, fixes=fixes)
 
 
@@ -196,3 +207,18 @@ class TestSmallBatchesEqualTheVectorPath:
         sizes = [hi - lo for lo, hi in itertools.pairwise(cuts)]
         assert min(sizes) == 1
         assert max(sizes) > symbol.SCALAR_MAX
+
+
+class TestPairwiseSum:
+    @pytest.mark.parametrize("rows", [1, 3, 40])
+    def test_rounds_as_numpy_add_reduce(self, rows: int) -> None:
+        """Every length up to 300 (blocks, tails, halves), values of mixed sign and magnitude.
+
+        Row 0 is all negative zeros: numpy starts from its identity 0.0, so their sum is 0.0.
+        """
+        rng = np.random.default_rng(rows)
+        for n in range(1, 301):
+            windows = rng.normal(0.0, 1.0, (rows, n)) * 10.0 ** rng.integers(-8, 8, (rows, n))
+            windows[0] = -0.0
+            want = exact(np.add.reduce(windows, axis=1).tolist())
+            assert exact([_add_reduce(row) for row in windows.tolist()]) == want, n
