@@ -97,7 +97,7 @@ class StreamIntake:
     # --- the source's side ---------------------------------------------------------------------
 
     async def put(self, frame: Frame) -> None:
-        """Accept one frame; waits while the journal is behind (or drops, per backpressure)."""
+        """Accept one frame; waits while the journal or the router is behind (or drops)."""
         if frame.recv_ns <= self._last_ns:
             _restamp(frame, self._last_ns + 1)  # equal or backwards clock: keep ids unique
         self._last_ns = frame.recv_ns
@@ -133,7 +133,7 @@ class StreamIntake:
         return len(self._pending) >= self._limit or self._pending_bytes >= PENDING_BYTES
 
     def close(self) -> None:
-        """No more frames: `run` journals and delivers what waits, then returns."""
+        """No more frames: `run` journals what waits, then returns."""
         self._closing = True
         self._ready.set()
 
@@ -168,7 +168,7 @@ class StreamIntake:
     # --- tasks ---------------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Journal and deliver until closed and drained; delete covered segments meanwhile."""
+        """Journal until closed and drained; delete covered segments meanwhile."""
         try:
             async with anyio.create_task_group() as group:
                 if self._journal is not None:
