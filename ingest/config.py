@@ -186,7 +186,7 @@ class StorageSettings:
     """Bound of each queue between stages: frames waiting for the journal, batches per symbol."""
     backpressure: BackpressurePolicy = "block"
     journal: bool = True
-    """Append every received frame to `_journal/` before the pipeline sees it (crash recovery)."""
+    """Append every received frame to `_journal/` before Parquet holds it (crash recovery)."""
     journal_segment_mb: int = 64
     """A journal segment is rotated at this size (and after `roll_seconds`)."""
     dedup_horizon: float = 60.0

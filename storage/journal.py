@@ -1,4 +1,4 @@
-"""The journal: every accepted frame on disk before the pipeline sees it, until Parquet covers it.
+"""The journal: every accepted frame on disk before Parquet holds it, until Parquet covers it.
 
 Layout: `<data_dir>/_journal/<stream>/<writer id>-<seq>.arrows`. A segment is an Arrow IPC stream
 file: append-only, and readable up to its last complete batch whatever happened to the process.
