@@ -18,8 +18,10 @@ from streams.base import Frame
 from streams.messages import StockTrade
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
+
+    from streams.base import FrameSink
 
 pytestmark = pytest.mark.anyio
 
@@ -34,6 +36,26 @@ class GatedJournal(SegmentWriter):
     def append(self, frames: Sequence[Frame]) -> None:
         self.gate.wait(10)
         super().append(frames)
+
+
+def make_intake(
+    deliver: FrameSink,
+    journal: SegmentWriter,
+    *,
+    unsealed: Callable[[], int | None] = lambda: None,
+    settings: StorageSettings | None = None,
+    metrics: Metrics | None = None,
+) -> StreamIntake:
+    """A stocks intake with no de-duplication."""
+    return StreamIntake(
+        "stocks",
+        deliver,
+        journal=journal,
+        dedup=None,
+        settings=settings or StorageSettings(),
+        metrics=metrics or Metrics(),
+        unsealed=unsealed,
+    )
 
 
 def parquet_files(root: Path) -> list[Path]:
@@ -58,15 +80,7 @@ class TestIntake:
             delivered.append(frame.recv_ns)
             assert all(m.recv_ns == frame.recv_ns for m in frame.messages)
 
-        intake = StreamIntake(
-            "stocks",
-            deliver,
-            journal=journal,
-            dedup=None,
-            settings=StorageSettings(),
-            metrics=Metrics(),
-            unsealed=lambda: None,
-        )
+        intake = make_intake(deliver, journal)
         async with anyio.create_task_group() as group:
             await group.start(intake.run)
             for recv in (100, 100, 50, 200):
@@ -94,14 +108,8 @@ class TestIntake:
             async def deliver(frame: Frame) -> None:
                 await writer.put(frame.messages)
 
-            intake = StreamIntake(
-                "stocks",
-                deliver,
-                journal=journal,
-                dedup=None,
-                settings=StorageSettings(),
-                metrics=Metrics(),
-                unsealed=lambda: dataset.oldest_unsealed_ns("stocks"),
+            intake = make_intake(
+                deliver, journal, unsealed=lambda: dataset.oldest_unsealed_ns("stocks")
             )
             dataset.before_seal = lambda _: intake.journaled()
             async with anyio.create_task_group() as group:
@@ -135,15 +143,7 @@ class TestIntake:
         async def deliver(_: Frame) -> None:
             return None
 
-        intake = StreamIntake(
-            "stocks",
-            deliver,
-            journal=journal,
-            dedup=None,
-            settings=StorageSettings(),
-            metrics=Metrics(),
-            unsealed=lambda: unsealed[0],
-        )
+        intake = make_intake(deliver, journal, unsealed=lambda: unsealed[0])
         async with anyio.create_task_group() as group:
             await group.start(intake.run)
             for recv in (100, 200):
@@ -169,14 +169,11 @@ class TestIntake:
         monkeypatch.setattr("ingest.intake.SEAL_GRACE_SECONDS", 0.05)
         journal = SegmentWriter(tmp_path / "_journal" / "stocks", "s0of1-t", fsync="never")
         metrics = Metrics()
-        intake = StreamIntake(
-            "stocks",
+        intake = make_intake(
             lambda _: anyio.lowlevel.checkpoint(),
-            journal=journal,
-            dedup=None,
+            journal,
             settings=StorageSettings(queue_size=2),
             metrics=metrics,
-            unsealed=lambda: None,
         )
         # No `run`: nothing drains the waiting frames, as with a journal that is stuck.
         for recv in (1, 2, 3):
