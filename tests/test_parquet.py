@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pyarrow as pa
@@ -19,7 +19,10 @@ from storage.schemas import table_spec
 from streams.messages import StockTrade
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
     from pathlib import Path
+
+    from storage.parquet import Dataset
 
 
 def trade(symbol: str, t: str, i: int) -> StockTrade:
@@ -30,13 +33,25 @@ def files(root: Path) -> list[Path]:
     return sorted(root.glob("stocks/trades/*/*.parquet"))
 
 
+def scratch_dataset(
+    root: Path, settings: StorageSettings | None = None, **options: Any
+) -> AbstractAsyncContextManager[Dataset]:
+    """A dataset at `root` (default storage settings unless given), no indicator columns."""
+    return open_dataset(
+        root,
+        settings or StorageSettings(),
+        writer_id="w",
+        metadata={},
+        indicator_columns=(),
+        **options,
+    )
+
+
 def write(root: Path, records: list[StockTrade]) -> None:
     """Write records through a dataset in its own event loop."""
 
     async def main() -> None:
-        async with open_dataset(
-            root, StorageSettings(), writer_id="w", metadata={}, indicator_columns=()
-        ) as dataset:
+        async with scratch_dataset(root) as dataset:
             await dataset.writer("stocks", "trades").put(records)
 
     anyio.run(main)
@@ -91,9 +106,7 @@ class TestBackpressure:
     async def test_put_waits_while_buffer_is_full(self, tmp_path: Path) -> None:
         """Over the high-water mark `put` blocks until a seal drains the buffer."""
         settings = dataclasses.replace(StorageSettings(), roll_rows=1, roll_seconds=3600.0)
-        async with open_dataset(
-            tmp_path, settings, writer_id="w", metadata={}, indicator_columns=()
-        ) as dataset:
+        async with scratch_dataset(tmp_path, settings) as dataset:
             writer = dataset.writer("stocks", "trades")
             writer._high_water = 2  # a tiny bound to observe blocking
             await writer.put([trade("A", "2024-07-01T10:00:00Z", i) for i in range(2)])
@@ -111,14 +124,7 @@ class TestRefusedRecords:
             refused.append((stream, table, [r.i for r, _ in records]))  # type: ignore[attr-defined]
 
         async def main() -> None:
-            async with open_dataset(
-                tmp_path,
-                StorageSettings(),
-                writer_id="w",
-                metadata={},
-                indicator_columns=(),
-                on_refused=on_refused,
-            ) as dataset:
+            async with scratch_dataset(tmp_path, on_refused=on_refused) as dataset:
                 records = [trade("A", f"2024-07-01T10:00:0{i}Z", i) for i in range(7)]
                 records[3] = trade("A", "2024-07-01T25:61:00Z", 3)
                 await dataset.writer("stocks", "trades").put(records)
@@ -151,9 +157,7 @@ class TestUnsealedRows:
         after: list[list[int]] = []
 
         async def main() -> None:
-            async with open_dataset(
-                tmp_path, StorageSettings(), writer_id="w", metadata={}, indicator_columns=()
-            ) as dataset:
+            async with scratch_dataset(tmp_path) as dataset:
                 writer = dataset.writer("stocks", "trades")
                 await writer.put([trade("A", "2024-07-01T10:00:00Z", i) for i in range(3)])
                 async with anyio.create_task_group() as group:
@@ -176,9 +180,7 @@ class TestTables:
         spec = table_spec("stocks", "trades", ())
 
         async def main() -> None:
-            async with open_dataset(
-                tmp_path, StorageSettings(), writer_id="w", metadata={}, indicator_columns=()
-            ) as dataset:
+            async with scratch_dataset(tmp_path) as dataset:
                 writer = dataset.writer("stocks", "trades")
                 assert writer.takes_tables
                 bulk = [
@@ -208,9 +210,7 @@ class TestCompactBuffer:
         count = COMPACT_ROWS + 5
 
         async def main() -> None:
-            async with open_dataset(
-                tmp_path, StorageSettings(), writer_id="w", metadata={}, indicator_columns=()
-            ) as dataset:
+            async with scratch_dataset(tmp_path) as dataset:
                 writer = dataset.writer("stocks", "trades")
                 for i in range(count):
                     await writer.put([trade("A", "2024-07-01T10:00:00Z", i)])
@@ -235,14 +235,7 @@ class TestCompactBuffer:
         records[10] = trade("A", "2024-07-01T25:61:00Z", 10)
 
         async def main() -> None:
-            async with open_dataset(
-                tmp_path,
-                StorageSettings(),
-                writer_id="w",
-                metadata={},
-                indicator_columns=(),
-                on_refused=on_refused,
-            ) as dataset:
+            async with scratch_dataset(tmp_path, on_refused=on_refused) as dataset:
                 writer = dataset.writer("stocks", "trades")
                 await writer.put(records)
                 assert writer.buffered_records() == []
