@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.json as pj
 
-from ingest.batch import build_batches
+from ingest.batch import Arrivals, build_batches
 from ingest.bench.workload import Workload, make_workload
 from ingest.config import PipelineSettings, load_settings
 from ingest.logconfig import configure_logging
@@ -40,7 +40,7 @@ from storage.journal import SegmentWriter
 from storage.parquet import prepare, write_parquet_atomically
 from storage.schemas import STRINGS, TIMESTAMP, MarketConverter, table_spec
 from streams.base import Frame
-from streams.messages import AnyMessage, FrameDecoder
+from streams.messages import FrameDecoder
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,19 +70,20 @@ Columns = tuple[pa.Table, np.ndarray[Any, Any], list[tuple[str, slice]]]
 
 def decode_msgspec(frames: list[bytes], recv_ns: list[int]) -> Columns:
     decoder = FrameDecoder("stocks")
-    pending: dict[str, dict[str, list[AnyMessage]]] = {}
+    pending = {"trades": Arrivals()}
     for raw, recv in zip(frames, recv_ns, strict=True):
         for message in decoder.decode(raw, recv).messages:
-            pending.setdefault(message.S, {}).setdefault("trades", []).append(message)  # type: ignore[union-attr]
+            pending["trades"].add(message, message.S)  # type: ignore[union-attr]
     converter = table_spec("stocks", "trades", ()).to_table
     assert isinstance(converter, MarketConverter)
     flush = build_batches(pending, {"trades": converter}, keyed=True)
     table = flush.tables["trades"][0]
+    order = np.concatenate([b.tables["trades"].parts[0][1] for b in flush.batches.values()])
     slices, start = [], 0
     for symbol, batch in flush.batches.items():
         slices.append((symbol, slice(start, start + len(batch.price))))
         start += len(batch.price)
-    return table, np.arange(table.num_rows), slices
+    return table, order, slices
 
 
 def decode_arrow(frames: list[bytes], recv_ns: list[int]) -> Columns:

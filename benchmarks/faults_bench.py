@@ -24,7 +24,7 @@ import numpy as np
 import storage.parquet
 from ingest.app import run_daemon
 from ingest.config import settings_from_mapping
-from ingest.corrections import TradeMemory
+from ingest.corrections import TradeMemory, trade_keys
 from ingest.metrics import Metrics
 from ingest.screen import screen_frame
 from streams.base import Frame
@@ -64,11 +64,12 @@ def per_message_costs(rounds: int = 20_000, size: int = 100) -> None:
     newest = (time.perf_counter() - started) / rounds / size * 1e9
     memory = TradeMemory(10_000)
     trades: list[Any] = [m for m in messages if isinstance(m, StockTrade)]
+    keys = trade_keys(trades)
     ts = np.arange(size, dtype=np.int64)
     price = np.ones(size)
     started = time.perf_counter()
     for n in range(rounds):
-        memory.remember(n * size, trades, ts, price, price)
+        memory.remember(n * size, keys, ts, price, price)
     remember = (time.perf_counter() - started) / rounds / size * 1e9
     print(f"timestamp screen       {screen:6.1f} ns/message (frames of {size})")
     print(f"gap-start tracking     {newest:6.1f} ns/message (batches of {size})")

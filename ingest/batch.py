@@ -1,21 +1,31 @@
-"""What a symbol task receives: one symbol's messages of a flush, by table, trades as columns.
+"""What a symbol task receives: one symbol's records of a flush, by table, trades as columns.
 
-The router builds these once per flush for every symbol at the same time, so the work that is
-cheap in bulk and dear per call -- parsing the trades' RFC 3339 timestamps, gathering prices and
-sizes into arrays -- runs once over thousands of trades rather than once per symbol.
+The router keeps a flush's records as they arrived, one list per table with each record's symbol
+beside it (`Arrivals`), and builds every symbol's batch from those once per flush, so the work
+that is cheap in bulk and dear per call -- parsing the trades' RFC 3339 timestamps, gathering
+prices and sizes into arrays -- runs once over thousands of trades rather than once per symbol.
+
+Every pass over the records reads them in arrival order, the order the decoder allocated them
+in, so the reads walk memory forwards. Grouped by symbol first, each pass jumped about the ~10 MB
+a saturated flush's messages take and missed the cache on nearly every record: gathering one
+field of 500k trades took 0.26 µs a trade in symbol order against 0.07 in arrival order. The
+grouping is a stable sort of symbol codes instead, applied to the gathered columns, and a
+symbol's batch holds positions into the flush's lists (`Rows`), not the records: a symbol task
+takes its columns, and records only where it needs them (a table the router did not write, a
+correction applied in arrival order).
 
 It also converts whole market tables of the flush (trades, quotes...) to Arrow in one go, for
-the table writers: the symbol column comes from the grouping, the trades' times, prices and sizes
-from the arrays above, so the rows are never gathered a second time. A table whose records do not
-convert (an unparseable time) is left to the symbol tasks, which write it record by record and
-let the writer refuse the bad ones.
+the table writers: the symbol column comes from the grouping's codes, the trades' times, prices
+and sizes from the arrays above, so the rows are never gathered a second time. A table whose
+records do not convert (an unparseable time) is left to the symbol tasks, which write it record
+by record and let the writer refuse the bad ones.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, cast
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +35,7 @@ from storage.refusals import CONVERSION_ERRORS
 from storage.schemas import parse_timestamps
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     import numpy.typing as npt
 
@@ -33,10 +43,82 @@ if TYPE_CHECKING:
     from storage.schemas import MarketConverter
     from streams.messages import AnyMessage, StockTrade
 
-__all__ = ["Flush", "SymbolBatch", "build_batches"]
+__all__ = ["Arrivals", "Flush", "Rows", "SymbolBatch", "build_batches"]
 
 TRADES: Final = "trades"
-Tables = dict[str, list["AnyMessage"]]
+_NO_INTS: Final = np.empty(0, np.int64)
+_NO_FLOATS: Final = np.empty(0, np.float64)
+_TIME: Final = attrgetter("t")
+_PRICE: Final = attrgetter("p")
+_SIZE: Final = attrgetter("s")
+_RECV: Final = attrgetter("recv_ns")
+
+
+@dataclass(slots=True)
+class Arrivals:
+    """One table's records of a flush in arrival order, and the symbol each one goes to."""
+
+    records: list[AnyMessage] = field(default_factory=list)
+    symbols: list[str] = field(default_factory=list)
+
+    def add(self, record: AnyMessage, symbol: str) -> None:
+        """Take one more record for `symbol`."""
+        self.records.append(record)
+        self.symbols.append(symbol)
+
+
+@dataclass(slots=True)
+class Rows:
+    """One symbol's records of one table: positions into flushes' record lists, in order.
+
+    Usually one part (one flush); a symbol task that fell behind merges several (`then`).
+    """
+
+    parts: list[tuple[list[AnyMessage], npt.NDArray[np.intp]]]
+    count: int
+    oldest_recv_ns: int
+    newest_recv_ns: int
+
+    @classmethod
+    def of(cls, records: list[AnyMessage]) -> Rows:
+        """Rows of all of `records` (at least one), as they are."""
+        recv = [r.recv_ns for r in records]
+        where = np.arange(len(records), dtype=np.intp)
+        return cls([(records, where)], len(records), min(recv), max(recv))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def records(self) -> list[AnyMessage]:
+        """The records themselves."""
+        out: list[AnyMessage] = []
+        for source, where in self.parts:
+            out += map(source.__getitem__, where.tolist())
+        return out
+
+    def last(self) -> AnyMessage:
+        """The latest record."""
+        source, where = self.parts[-1]
+        return source[int(where[-1])]
+
+    def detach(self) -> None:
+        """Hold these records alone, letting the rest of their flush's records go."""
+        if len(self.parts) == 1 and len(self.parts[0][0]) == self.count:
+            return
+        records = self.records()
+        self.parts = [(records, np.arange(len(records), dtype=np.intp))]
+
+    def then(self, later: Rows) -> Rows:
+        """These rows followed by `later`'s."""
+        return Rows(
+            self.parts + later.parts,
+            self.count + later.count,
+            min(self.oldest_recv_ns, later.oldest_recv_ns),
+            max(self.newest_recv_ns, later.newest_recv_ns),
+        )
+
+
+Tables = dict[str, Rows]
 
 
 @dataclass(slots=True)
@@ -52,39 +134,57 @@ class SymbolBatch:
     price: npt.NDArray[np.float64]
     size: npt.NDArray[np.float64]
     unwritten: Tables
-    """The records of `tables` the symbol task still hands to the writers: all but the tables
-    the router already converted and wrote in bulk. Its own dict (lists are never extended in
-    place: `absorb` builds new ones), so the two views cannot double up."""
+    """The rows of `tables` the symbol task still hands to the writers: all but the tables the
+    router already converted and wrote in bulk."""
     keys: TradeKeys | None = None
     """The trades' ids and exchange codes, for a stock symbol's trade memory (else None)."""
+    taken: bool = False
+    """Set by the symbol task when it takes the batch from its inbox."""
+
+    @classmethod
+    def empty(cls, *, keyed: bool) -> SymbolBatch:
+        """A batch of no records yet (`keyed`: with the empty keys of no trades)."""
+        keys = (_NO_INTS, _NO_INTS) if keyed else None
+        return cls({}, _NO_INTS, _NO_FLOATS, _NO_FLOATS, {}, keys)
 
     @property
     def count(self) -> int:
         """Records in the batch."""
-        return sum(len(rows) for rows in self.tables.values())
+        return sum(rows.count for rows in self.tables.values())
 
     def oldest_recv_ns(self) -> int:
         """When the earliest of these records was received."""
-        return min(rows[0].recv_ns for rows in self.tables.values())
+        return min(rows.oldest_recv_ns for rows in self.tables.values())
 
     def newest_recv_ns(self) -> int:
         """When the latest of these records was received."""
-        return max(rows[-1].recv_ns for rows in self.tables.values())
+        return max(rows.newest_recv_ns for rows in self.tables.values())
 
     def trade_columns(
         self,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """(ts, price, size) of the trades, parsing the timestamps here if the flush could not."""
         if self.ts is None:
-            self.ts = _epoch_ns(self.tables.get(TRADES, []))
+            trades = self.tables.get(TRADES)
+            self.ts = _epoch_ns(trades.records()) if trades else _NO_INTS
         return self.ts, self.price, self.size
+
+    def detach(self) -> None:
+        """Hold this batch's records alone (see `Rows.detach`): for a batch left waiting.
+
+        A batch refers to its flush's lists of records, all of them, so that the symbol tasks
+        of a flush never copy theirs. One that waits for a task behind would hold every record
+        of its flush as long as it waits.
+        """
+        for rows in (*self.tables.values(), *self.unwritten.values()):
+            rows.detach()
 
     def absorb(self, later: SymbolBatch) -> None:
         """Append a later batch of the same symbol (a task that fell behind catches up at once)."""
         for view, more in ((self.tables, later.tables), (self.unwritten, later.unwritten)):
             for table, rows in more.items():
                 mine = view.get(table)
-                view[table] = rows if mine is None else mine + rows
+                view[table] = rows if mine is None else mine.then(rows)
         if self.ts is None or later.ts is None:
             self.ts = None
         else:
@@ -100,12 +200,10 @@ class SymbolBatch:
             )
 
 
-_NO_INTS: Final = np.empty(0, np.int64)
-
-
-def _epoch_ns(trades: list[AnyMessage]) -> npt.NDArray[np.int64]:
-    stamps = [t.t for t in trades]  # type: ignore[union-attr]
-    return np.asarray(parse_timestamps(stamps).cast(pa.int64()).to_numpy(), np.int64)
+def _epoch_ns(trades: Sequence[AnyMessage]) -> npt.NDArray[np.int64]:
+    return np.asarray(
+        parse_timestamps(list(map(_TIME, trades))).cast(pa.int64()).to_numpy(), np.int64
+    )
 
 
 @dataclass(slots=True)
@@ -117,80 +215,121 @@ class Flush:
     """Table name: (its rows of the whole flush, the oldest receive time among them)."""
 
 
+@dataclass(slots=True)
+class _Grouping:
+    """A table's rows by symbol: a stable sort of their symbol codes, and each symbol's run."""
+
+    symbols: pa.DictionaryArray[Any, Any]
+    """Each row's symbol, in arrival order (the bulk table's `symbol` column)."""
+    names: list[str]
+    order: npt.NDArray[np.intp]
+    starts: list[int]
+    ends: list[int]
+
+    @classmethod
+    def of(cls, symbols: list[str]) -> _Grouping:
+        encoded = pa.array(symbols, pa.string()).dictionary_encode()
+        codes = encoded.indices.to_numpy()
+        ends = np.cumsum(np.bincount(codes))
+        starts = np.empty_like(ends)
+        starts[0] = 0
+        starts[1:] = ends[:-1]
+        order = np.argsort(codes, kind="stable")
+        names = cast("list[str]", encoded.dictionary.to_pylist())
+        return cls(encoded, names, order, starts.tolist(), ends.tolist())
+
+
+@dataclass(slots=True)
+class _TradeColumns:
+    """A flush's trades as columns, in arrival order."""
+
+    ts: npt.NDArray[np.int64] | None
+    price: npt.NDArray[np.float64]
+    size: npt.NDArray[np.float64]
+    keys: TradeKeys | None
+
+    @classmethod
+    def of(cls, trades: list[AnyMessage], *, keyed: bool) -> _TradeColumns:
+        ts: npt.NDArray[np.int64] | None
+        try:
+            ts = _epoch_ns(trades)
+        except (pa.ArrowInvalid, ValueError):
+            ts = None  # the symbol tasks parse their own: a bad stamp fails its symbol alone
+        n = len(trades)
+        price = np.fromiter(map(_PRICE, trades), np.float64, n)
+        size = np.fromiter(map(_SIZE, trades), np.float64, n)
+        keys = trade_keys(cast("list[StockTrade]", trades)) if keyed else None
+        return cls(ts, price, size, keys)
+
+    def known(self) -> dict[str, npt.NDArray[np.int64] | npt.NDArray[np.float64]]:
+        """The trades table's columns these are (the time only when it parsed)."""
+        known: dict[str, npt.NDArray[np.int64] | npt.NDArray[np.float64]] = {
+            "price": self.price,
+            "size": self.size,
+        }
+        if self.ts is not None:
+            known["ts"] = self.ts
+        if self.keys is not None:
+            known["trade_id"] = self.keys[0]
+        return known
+
+    def sorted(self, order: npt.NDArray[np.intp]) -> _TradeColumns:
+        """The same columns in `order`."""
+        return _TradeColumns(
+            None if self.ts is None else self.ts[order],
+            self.price[order],
+            self.size[order],
+            None if self.keys is None else (self.keys[0][order], self.keys[1][order]),
+        )
+
+
 def build_batches(
-    pending: dict[str, Tables],
+    pending: Mapping[str, Arrivals],
     converters: Mapping[str, MarketConverter] | None = None,
     *,
     keyed: bool = False,
 ) -> Flush:
-    """Every symbol's batch of a flush, with one timestamp parse for all the flush's trades.
+    """Every symbol's batch of a flush (`pending`: table to arrivals), in bulk (see the module).
 
-    Tables with a converter in `converters` are also converted in bulk (see the module's doc).
-    `keyed` (stock trades remembered for corrections): the trades' ids and exchange codes are
-    gathered once too, for the symbols' trade memories and the bulk `trade_id` column.
+    Tables with a converter in `converters` are also converted to Arrow for the writers, except
+    trades whose times did not all parse. `keyed` (stock trades remembered for corrections): the
+    trades' ids and exchange codes are gathered too, for the symbols' trade memories and the
+    bulk `trade_id` column.
     """
-    trades = list(itertools.chain.from_iterable(t.get(TRADES, ()) for t in pending.values()))
-    ts: npt.NDArray[np.int64] | None = _NO_INTS
-    if trades:
-        try:
-            ts = _epoch_ns(trades)
-        except (pa.ArrowInvalid, ValueError):
-            ts = None
-    price = np.array([t.p for t in trades], np.float64)  # type: ignore[union-attr]
-    size = np.array([t.s for t in trades], np.float64)  # type: ignore[union-attr]
-    keys = trade_keys(cast("list[StockTrade]", trades)) if keyed and trades else None
+    batches: dict[str, SymbolBatch] = {}
     bulk: dict[str, tuple[pa.Table, int]] = {}
-    for table, converter in (converters or {}).items():
-        if table != TRADES:
-            built = _convert_bulk(pending, table, converter, {})
-        elif ts is not None:  # else the bulk parse failed: the writer judges trade by trade
-            known: dict[str, npt.NDArray[np.int64] | npt.NDArray[np.float64]] = {
-                "price": price,
-                "size": size,
-                "ts": ts,
-            }
-            if keys is not None:
-                known["trade_id"] = keys[0]
-            built = _convert_bulk(pending, table, converter, known)
-        else:
+    for table, arrivals in pending.items():
+        records = arrivals.records
+        if not records:
             continue
-        if built is not None:
-            bulk[table] = built
-    out: dict[str, SymbolBatch] = {}
-    start = 0
-    for symbol, tables in pending.items():
-        part = slice(start, start + len(tables.get(TRADES, ())))
-        start = part.stop
-        unwritten = {t: rows for t, rows in tables.items() if t not in bulk}
-        out[symbol] = SymbolBatch(
-            tables,
-            None if ts is None else ts[part],
-            price[part],
-            size[part],
-            unwritten,
-            None if keys is None else (keys[0][part], keys[1][part]),
-        )
-    return Flush(out, bulk)
-
-
-def _convert_bulk(
-    pending: dict[str, Tables],
-    table: str,
-    converter: MarketConverter,
-    known: dict[str, npt.NDArray[np.int64] | npt.NDArray[np.float64]],
-) -> tuple[pa.Table, int] | None:
-    """One table's records of every symbol of the flush as one Arrow table, or None."""
-    groups = [(symbol, tables[table]) for symbol, tables in pending.items() if table in tables]
-    if not groups:
-        return None
-    counts = np.fromiter((len(rows) for _, rows in groups), np.int64, len(groups))
-    codes = np.repeat(np.arange(len(groups), dtype=np.int32), counts)
-    symbols = pa.DictionaryArray.from_arrays(
-        codes, pa.array([symbol for symbol, _ in groups], pa.string())
-    )
-    records = list(itertools.chain.from_iterable(rows for _, rows in groups))
-    try:
-        converted = converter.with_columns(records, {"symbol": symbols, **known})
-    except CONVERSION_ERRORS:
-        return None  # the symbol tasks write these records; the writer refuses the bad ones
-    return converted, min(rows[0].recv_ns for _, rows in groups)
+        groups = _Grouping.of(arrivals.symbols)
+        recv = np.fromiter(map(_RECV, records), np.int64, len(records))
+        trades = _TradeColumns.of(records, keyed=keyed) if table == TRADES else None
+        converter = (converters or {}).get(table)
+        if converter is not None and (trades is None or trades.ts is not None):
+            known = {"symbol": groups.symbols, **(trades.known() if trades else {})}
+            try:
+                bulk[table] = (converter.with_columns(records, known), int(recv.min()))
+            except CONVERSION_ERRORS:
+                pass  # the symbol tasks write these records; the writer refuses the bad ones
+        by_symbol = recv[groups.order]
+        oldest = np.minimum.reduceat(by_symbol, groups.starts).tolist()
+        newest = np.maximum.reduceat(by_symbol, groups.starts).tolist()
+        columns = trades.sorted(groups.order) if trades else None
+        for k, symbol in enumerate(groups.names):
+            start, end = groups.starts[k], groups.ends[k]
+            batch = batches.get(symbol)
+            if batch is None:
+                batch = batches[symbol] = SymbolBatch.empty(keyed=keyed)
+            rows = Rows([(records, groups.order[start:end])], end - start, oldest[k], newest[k])
+            batch.tables[table] = rows
+            if table not in bulk:
+                batch.unwritten[table] = rows
+            if columns is not None:
+                part = slice(start, end)
+                batch.ts = None if columns.ts is None else columns.ts[part]
+                batch.price = columns.price[part]
+                batch.size = columns.size[part]
+                if columns.keys is not None:
+                    batch.keys = (columns.keys[0][part], columns.keys[1][part])
+    return Flush(batches, bulk)

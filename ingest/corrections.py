@@ -78,21 +78,20 @@ class TradeMemory:
     def remember(
         self,
         seq0: int,
-        trades: Sequence[StockTrade],
+        keys: TradeKeys,
         ts: npt.NDArray[np.int64],
         price: npt.NDArray[np.float64],
         size: npt.NDArray[np.float64],
-        keys: TradeKeys | None = None,
     ) -> None:
         """Keep a batch the pipeline was just fed, its first trade numbered `seq0`.
 
-        `keys` are the trades' `trade_keys` when the caller has them already (the router
-        computes them once per flush for every symbol).
+        `keys` are the trades' `trade_keys` (the router gathers them once per flush for every
+        symbol).
         """
-        n = len(trades)
+        n = len(ts)
         if n == 0 or self._window == 0:
             return
-        ids, exchanges = trade_keys(trades) if keys is None else keys
+        ids, exchanges = keys
         if seq0 != self._next:  # the first batch, or numbering started over: start afresh
             self._oldest = self._next = seq0
         skip = max(0, n - self._window)  # of a batch larger than the window, its last trades

@@ -1,8 +1,9 @@
 """One stream type at run time: the demultiplexer and one supervised task per symbol.
 
-The source hands every frame of the stream to `deliver`, which splits it by symbol into pending
-batches and returns without a task switch. The router's flusher hands each symbol its pending
-batch through a bounded inbox (`ingest.inbox`) whenever the event loop gets to it: at once when
+The source hands every frame of the stream to `deliver`, which adds its messages to the pending
+ones, in arrival order with their symbols, and returns without a task switch. The router's
+flusher splits them by symbol (`ingest.batch`) and hands each symbol its batch through a bounded
+inbox (`ingest.inbox`) whenever the event loop gets to it: at once when
 frames trickle in, after many frames when they arrive faster than the loop turns (up to
 `pending_limit` messages, after which `deliver` waits for the flush). A symbol task takes every
 batch waiting in its inbox at once, so it wakes once per burst, never once per message, and
@@ -25,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
-from ingest.batch import SymbolBatch, build_batches
+from ingest.batch import Arrivals, Rows, SymbolBatch, build_batches
 from ingest.config import PipelineSettings, Settings, StreamName
-from ingest.corrections import TradeKeys, TradeMemory, apply_correction
+from ingest.corrections import TradeKeys, TradeMemory, apply_correction, trade_keys
 from ingest.inbox import Inbox
 from ingest.pipeline import PipelineOutput, SymbolPipeline
 from ingest.screen import parseable_timestamps, screen_frame
@@ -58,11 +59,13 @@ __all__ = ["BarListener", "PipelineFactory", "StreamRouter", "SymbolState"]
 log = structlog.get_logger("router")
 
 _T = attrgetter("t")
+_SYMBOL = attrgetter("S")
 _STAMP = {"articles": attrgetter("created_at")}
 _CORRECTIONS = ("corrections", "cancels")
 _NOT_BULK: Final = frozenset(_CORRECTIONS)
 
-Tables = dict[str, list[AnyMessage]]
+TradeColumns = tuple["npt.NDArray[np.int64]", "npt.NDArray[np.float64]", "npt.NDArray[np.float64]"]
+"""A symbol's trades as the pipeline takes them: (ts, price, size)."""
 _UNKNOWN: Final = "?"
 Trade = StockTrade | CryptoTrade | OptionTrade
 BATCH_MESSAGES: Final = 65_536
@@ -138,13 +141,16 @@ class StreamRouter:
         self._factory = pipeline_factory
         self._on_bar = on_bar
         self._inboxes: dict[str, Inbox[SymbolBatch]] = {}
+        self._handed: list[SymbolBatch] = []
+        """The batches of the last flush (see `SymbolBatch.detach`)."""
         self._inflight: dict[str, deque[int]] = {}
         """Per symbol, the oldest receive time of each batch handed over but not yet processed."""
         self._pending_since: int | None = None
         """Receive time of the oldest frame in the pending batches (None when there are none)."""
         self._group: anyio.abc.TaskGroup | None = None
         self._closed = False
-        self._pending: dict[str, Tables] = {}
+        self._pending: dict[str, Arrivals] = {}
+        """Per table, the messages not yet handed over, as they arrived (`ingest.batch`)."""
         self._pending_count = 0
         self._wake = anyio.Event()
         """Set when there is something to flush, or on close."""
@@ -232,6 +238,10 @@ class StreamRouter:
                 pending, self._bulk_converters(pending), keyed=self._remembers_trades
             )
             batches = flush.batches
+            for earlier in self._handed:
+                if not earlier.taken:  # its task is behind: let the earlier flush's records go
+                    earlier.detach()
+            self._handed = list(batches.values())
             # Every batch is in flight before the first hand-over can wait: what has not reached
             # the writers stays visible to journal-segment deletion and to back-fill settling.
             for symbol, batch in batches.items():
@@ -246,7 +256,7 @@ class StreamRouter:
             for symbol, batch in batches.items():
                 await self._hand_over(symbol, batch)
 
-    def _bulk_converters(self, pending: dict[str, Tables]) -> dict[str, MarketConverter]:
+    def _bulk_converters(self, pending: dict[str, Arrivals]) -> dict[str, MarketConverter]:
         """The tables of this flush the router converts and writes in bulk.
 
         Market tables whose writer takes tables (no recovery filter), under the `block` policy
@@ -255,9 +265,8 @@ class StreamRouter:
         """
         if self._settings.storage.backpressure != "block":
             return {}
-        names = {table for tables in pending.values() for table in tables}
         converters: dict[str, MarketConverter] = {}
-        for table in names - _NOT_BULK:
+        for table in pending.keys() - _NOT_BULK:
             if table not in self._converters:
                 to_table = table_spec(self.stream, table, ()).to_table
                 self._converters[table] = (
@@ -276,35 +285,53 @@ class StreamRouter:
             await inbox.put(batch)
         else:
             self._inflight[symbol].pop()  # its own entry: the newest, as it was just added
+            batch.taken = True  # dropped: nothing of it waits
             self._metrics.dropped.inc(self.stream, amount=batch.count)
 
     def _split(self, messages: list[AnyMessage]) -> None:
-        """Add each data message to its symbol's pending records of its table."""
+        """Add each data message to its table's pending arrivals, with its symbol."""
+        if not messages:
+            return
         pending = self._pending
         tables = self._tables
+        kind = type(messages[0])
+        if kind is not NewsArticle and all(type(m) is kind for m in messages):
+            # The common frame: one kind of message (a frame of trades), taken in two calls.
+            table = self._table_of(kind)
+            if table is None:
+                return  # control messages: the source's business
+            arrivals = pending.get(table)
+            if arrivals is None:
+                arrivals = pending[table] = Arrivals()
+            arrivals.records += messages
+            arrivals.symbols += map(_SYMBOL, messages)
+            self._pending_count += len(messages)
+            return
         taken = 0
         for message in messages:
             kind = type(message)
             table = tables.get(kind, _UNKNOWN)
             if table is _UNKNOWN:
-                table = tables[kind] = table_for(self.stream, kind)
+                table = self._table_of(kind)
             if table is None:
-                continue  # control message: the source's business
+                continue
             if kind is NewsArticle:
                 symbol = self._news_route(cast("NewsArticle", message))
             else:
                 symbol = message.S  # type: ignore[union-attr]
-            by_table = pending.get(symbol)
-            if by_table is None:
-                pending[symbol] = {table: [message]}
-            else:
-                rows = by_table.get(table)
-                if rows is None:
-                    by_table[table] = [message]
-                else:
-                    rows.append(message)
+            arrivals = pending.get(table)
+            if arrivals is None:
+                arrivals = pending[table] = Arrivals()
+            arrivals.add(message, symbol)
             taken += 1
         self._pending_count += taken
+
+    def _table_of(self, kind: type) -> str | None:
+        """The table a kind of message goes to; None for control messages."""
+        table = self._tables.get(kind, _UNKNOWN)
+        if table is _UNKNOWN:
+            table = self._tables[kind] = table_for(self.stream, kind)
+        return table
 
     def _news_route(self, article: NewsArticle) -> str:
         """An article is written once: by its first symbol that has a task, else by `*`."""
@@ -324,6 +351,8 @@ class StreamRouter:
             memory = self._memory()
             inflight = self._inflight[symbol]
             while (waiting := await inbox.take_all()) is not None:
+                for each in waiting:
+                    each.taken = True
                 # A task that fell behind catches up in one pipeline call.
                 batch = waiting[0]
                 for later in waiting[1:]:
@@ -374,25 +403,33 @@ class StreamRouter:
             await self._correct_in_order(symbol, pipeline, memory, tables)
         state = self.symbols[symbol]
         seen = state.seen
-        for table, records in batch.unwritten.items():
-            await self._dataset.writer(self.stream, table).put(records)
-        for table, records in tables.items():
-            self._metrics.messages.inc(self.stream, table, amount=len(records))
+        for table, rows in batch.unwritten.items():
+            await self._dataset.writer(self.stream, table).put(rows.records())
+        for table, rows in tables.items():
+            self._metrics.messages.inc(self.stream, table, amount=rows.count)
             # A lower bound of the newest stamp, O(1) a batch: the batch's last (nanoseconds, or
             # canonical RFC 3339 UTC text, which sorts like time). A back-fill checks every row
             # from there on.
-            last = _STAMP.get(table, _T)(records[-1])
+            last = _STAMP.get(table, _T)(rows.last())
             if _later(last, seen.get(table)):
                 seen[table] = last
         state.messages += batch.count
         state.last_recv_ns = batch.newest_recv_ns()
-        trades = cast("list[Trade] | None", tables.get("trades"))
+        trades = tables.get("trades")
         if trades and not in_order:
             if batch.ts is None:  # the flush's bulk parse failed: sort it out per trade
-                await self._feed(symbol, pipeline, memory, trades)
+                await self._feed(symbol, pipeline, memory, cast("list[Trade]", trades.records()))
             else:
+                keys = batch.keys
+                if memory is not None and keys is None:
+                    keys = trade_keys(cast("list[StockTrade]", trades.records()))
                 await self._feed_columns(
-                    symbol, pipeline, memory, trades, batch.ts, batch.price, batch.size, batch.keys
+                    symbol,
+                    pipeline,
+                    memory,
+                    (batch.ts, batch.price, batch.size),
+                    keys,
+                    trades.last().recv_ns,
                 )
         latency = (time.time_ns() - batch.oldest_recv_ns()) / 1e9
         self._metrics.pipeline_latency.observe(latency, self.stream)
@@ -418,43 +455,48 @@ class StreamRouter:
             ts = parse_timestamps([t.t for t in trades]).cast(pa.int64()).to_numpy()
         price = np.fromiter((t.p for t in trades), np.float64, len(trades))
         size = np.fromiter((t.s for t in trades), np.float64, len(trades))
-        await self._feed_columns(symbol, pipeline, memory, trades, ts, price, size)
+        keys = None if memory is None else trade_keys(cast("list[StockTrade]", trades))
+        await self._feed_columns(
+            symbol, pipeline, memory, (ts, price, size), keys, trades[-1].recv_ns
+        )
 
     async def _feed_columns(
         self,
         symbol: str,
         pipeline: SymbolPipeline,
         memory: TradeMemory | None,
-        trades: list[Trade],
-        ts: npt.NDArray[np.int64],
-        price: npt.NDArray[np.float64],
-        size: npt.NDArray[np.float64],
-        keys: TradeKeys | None = None,
+        columns: TradeColumns,
+        keys: TradeKeys | None,
+        recv_ns: int,
     ) -> None:
-        """Run trades through the pipeline (and remember stock trades for corrections)."""
+        """Run trades through the pipeline (and remember stock trades for corrections).
+
+        `keys` are the trades' when they are remembered; `recv_ns` is the last one's receipt.
+        """
+        ts, price, size = columns
         state = self.symbols[symbol]
         state.last_event_ns = int(ts.max())
         if memory is not None:
-            stock_trades = cast("list[StockTrade]", trades)
-            memory.remember(pipeline.trades_seen, stock_trades, ts, price, size, keys)
+            assert keys is not None, "remembered trades need their keys"
+            memory.remember(pipeline.trades_seen, keys, ts, price, size)
         output = pipeline.on_trades(ts, price, size)
         lag = (time.time_ns() - state.last_event_ns) / 1e9
         self._metrics.latency.observe(lag, self.stream, count=len(ts))
-        await self._emit(output, trades[-1].recv_ns)
+        await self._emit(output, recv_ns)
 
     async def _correct_in_order(
         self,
         symbol: str,
         pipeline: SymbolPipeline,
         memory: TradeMemory,
-        tables: dict[str, list[AnyMessage]],
+        tables: dict[str, Rows],
     ) -> None:
         """A batch with corrections, in arrival order: each fix sees the bars as they were.
 
         Records are grouped by table, so arrival order is rebuilt from receive times (a stable
         sort: within one frame, trades come before the corrections received with them).
         """
-        merged = [m for t in ("trades", *_CORRECTIONS) for m in tables.get(t, [])]
+        merged = [m for t in ("trades", *_CORRECTIONS) if t in tables for m in tables[t].records()]
         merged.sort(key=attrgetter("recv_ns"))
         pending: list[Trade] = []
         for message in merged:

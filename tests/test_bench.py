@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingest.app import run_daemon
-from ingest.batch import build_batches
+from ingest.batch import Arrivals, build_batches
 from ingest.bench.stages import BenchSource, saturated_batches
 from ingest.bench.workload import START_NS, make_workload
 from ingest.cli import main
@@ -25,7 +25,7 @@ from ingest.metrics import FAST_BUCKETS, Histogram, Metrics
 from ingest.pipeline import SymbolPipeline
 from storage.parquet import write_parquet_atomically
 from storage.schemas import table_spec
-from streams.messages import FrameDecoder, StockTrade
+from streams.messages import FrameDecoder, StockQuote, StockTrade
 from tests.dataset import query
 
 if TYPE_CHECKING:
@@ -179,34 +179,39 @@ class TestFlushBatching:
         assert sum(map(len, calls.values())) > 100  # no waiting to fill batches
 
 
-def _trade(symbol: str, t: str, price: float) -> StockTrade:
-    return StockTrade(S=symbol, t=t, i=1, x="V", p=price, s=1.0)
+def _trade(symbol: str, t: str, price: float, *, recv_ns: int = 0, i: int = 1) -> StockTrade:
+    return StockTrade(S=symbol, t=t, i=i, x="V", p=price, s=1.0, recv_ns=recv_ns)
+
+
+def _arrived(*messages: AnyMessage) -> dict[str, Arrivals]:
+    """Messages as the router keeps them pending: per table, in arrival order."""
+    pending: dict[str, Arrivals] = {}
+    for message in messages:
+        table = "quotes" if isinstance(message, StockQuote) else "trades"
+        pending.setdefault(table, Arrivals()).add(message, message.S)  # type: ignore[union-attr]
+    return pending
 
 
 class TestBuildBatches:
-    def test_columns_follow_each_symbols_trades(self) -> None:
-        pending: dict[str, dict[str, list[AnyMessage]]] = {
-            "A": {"trades": [_trade("A", "2024-07-01T14:30:00Z", 1.0)]},
-            "B": {"quotes": []},
-            "C": {
-                "trades": [
-                    _trade("C", "2024-07-01T14:30:01.5Z", 2.0),
-                    _trade("C", "2024-07-01T14:30:02Z", 3.0),
-                ]
-            },
-        }
-        batches = build_batches(pending).batches
-        assert list(batches) == ["A", "B", "C"]
+    def test_columns_follow_each_symbols_trades_in_arrival_order(self) -> None:
+        """Interleaved symbols come apart into one batch each; records keep arrival order."""
+        c1 = _trade("C", "2024-07-01T14:30:01.5Z", 2.0, recv_ns=10)
+        a1 = _trade("A", "2024-07-01T14:30:00Z", 1.0, recv_ns=11)
+        quote = StockQuote(S="B", t="2024-07-01T14:30:00Z", bp=1.0, bs=1.0, ap=2.0, as_=1.0)
+        c2 = _trade("C", "2024-07-01T14:30:02Z", 3.0, recv_ns=12)
+        batches = build_batches(_arrived(c1, a1, quote, c2)).batches
+        assert sorted(batches) == ["A", "B", "C"]
         ts, price, _ = batches["C"].trade_columns()
         assert ts.tolist() == [1719844201500000000, 1719844202000000000]
         assert price.tolist() == [2.0, 3.0]
+        assert batches["C"].tables["trades"].records() == [c1, c2]
+        assert batches["C"].tables["trades"].last() is c2
+        assert (batches["C"].oldest_recv_ns(), batches["C"].newest_recv_ns()) == (10, 12)
+        assert batches["B"].tables["quotes"].records() == [quote]
         assert len(batches["B"].trade_columns()[0]) == 0
 
     def test_a_bad_timestamp_fails_only_its_symbol(self) -> None:
-        pending: dict[str, dict[str, list[AnyMessage]]] = {
-            "A": {"trades": [_trade("A", "2024-07-01T14:30:00Z", 1.0)]},
-            "B": {"trades": [_trade("B", "yesterday", 1.0)]},
-        }
+        pending = _arrived(_trade("A", "2024-07-01T14:30:00Z", 1.0), _trade("B", "yesterday", 1.0))
         batches = build_batches(pending).batches
         assert batches["A"].trade_columns()[0].tolist() == [1719844200000000000]
         with pytest.raises(ValueError, match="yesterday"):
@@ -218,10 +223,7 @@ class TestBuildBatches:
             StockTrade(S=s, t="2024-07-01T14:30:00Z", i=i, x=x, p=1.0, s=1.0)
             for s, i, x in (("A", 5, "V"), ("B", 6, "N"), ("A", 7, "Q"))
         ]
-        pending: dict[str, dict[str, list[AnyMessage]]] = {
-            "A": {"trades": [trades[0], trades[2]]},
-            "B": {"trades": [trades[1]]},
-        }
+        pending = _arrived(*trades)
         spec = table_spec("stocks", "trades", ())
         converter = cast("MarketConverter", spec.to_table)
         flush = build_batches(pending, {"trades": converter}, keyed=True)
@@ -231,21 +233,42 @@ class TestBuildBatches:
             "B": ([6], [ord("N")]),
         }
         table, _ = flush.tables["trades"]
-        assert table["trade_id"].to_pylist() == [5, 7, 6]
-        assert table["exchange"].to_pylist() == ["V", "Q", "N"]
+        # In arrival order, each row beside its own symbol: the writer sorts when it seals.
+        assert table.select(["symbol", "trade_id", "exchange"]).to_pylist() == [
+            {"symbol": "A", "trade_id": 5, "exchange": "V"},
+            {"symbol": "B", "trade_id": 6, "exchange": "N"},
+            {"symbol": "A", "trade_id": 7, "exchange": "Q"},
+        ]
+        assert flush.batches["A"].unwritten == {}
         batch = flush.batches["A"]
-        batch.absorb(build_batches({"A": {"trades": [trades[0]]}}, keyed=True).batches["A"])
+        batch.absorb(build_batches(_arrived(trades[0]), keyed=True).batches["A"])
         assert batch.keys is not None
         assert batch.keys[0].tolist() == [5, 7, 5]
         assert build_batches(pending).batches["A"].keys is None
 
     def test_absorb_appends_tables_and_columns(self) -> None:
-        first = build_batches({"A": {"trades": [_trade("A", "2024-07-01T14:30:00Z", 1.0)]}}).batches
-        later = build_batches({"A": {"trades": [_trade("A", "2024-07-01T14:30:01Z", 2.0)]}}).batches
+        one = _trade("A", "2024-07-01T14:30:00Z", 1.0, recv_ns=5)
+        two = _trade("A", "2024-07-01T14:30:01Z", 2.0, recv_ns=3)
+        first = build_batches(_arrived(one)).batches
+        later = build_batches(_arrived(two)).batches
         batch = first["A"]
         batch.absorb(later["A"])
         assert batch.count == 2
         assert batch.trade_columns()[1].tolist() == [1.0, 2.0]
+        assert batch.tables["trades"].records() == [one, two]
+        assert batch.unwritten["trades"].records() == [one, two]
+        assert (batch.oldest_recv_ns(), batch.newest_recv_ns()) == (3, 5)
+
+    def test_a_detached_batch_holds_its_own_records_alone(self) -> None:
+        """A batch left waiting lets go of the rest of its flush, and reads the same after."""
+        trades = [_trade(s, "2024-07-01T14:30:00Z", 1.0, i=i) for i, s in enumerate("ABAB")]
+        batch = build_batches(_arrived(*trades)).batches["B"]
+        rows = batch.tables["trades"]
+        assert rows.parts[0][0] == trades  # the whole flush
+        batch.detach()
+        assert rows.parts[0][0] == [trades[1], trades[3]]
+        assert batch.unwritten["trades"].records() == [trades[1], trades[3]]
+        assert rows.last() is trades[3]
 
 
 class TestHistogramQuantile:
