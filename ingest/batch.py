@@ -121,7 +121,7 @@ class Rows:
 Tables = dict[str, Rows]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class SymbolBatch:
     """One symbol's records per table; `ts`, `price`, `size` are its trades' columns.
 

@@ -15,6 +15,7 @@ goes on.
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,8 +142,8 @@ class StreamRouter:
         self._factory = pipeline_factory
         self._on_bar = on_bar
         self._inboxes: dict[str, Inbox[SymbolBatch]] = {}
-        self._handed: list[SymbolBatch] = []
-        """The batches of the last flush (see `SymbolBatch.detach`)."""
+        self._handed: list[weakref.ref[SymbolBatch]] = []
+        """The batches of the last flush, while anything holds them (`SymbolBatch.detach`)."""
         self._inflight: dict[str, deque[int]] = {}
         """Per symbol, the oldest receive time of each batch handed over but not yet processed."""
         self._pending_since: int | None = None
@@ -234,27 +235,33 @@ class StreamRouter:
                 self._wake = anyio.Event()
                 continue
             pending, self._pending, self._pending_count = self._pending, {}, 0
-            flush = build_batches(
-                pending, self._bulk_converters(pending), keyed=self._remembers_trades
-            )
-            batches = flush.batches
-            for earlier in self._handed:
-                if not earlier.taken:  # its task is behind: let the earlier flush's records go
-                    earlier.detach()
-            self._handed = list(batches.values())
-            # Every batch is in flight before the first hand-over can wait: what has not reached
-            # the writers stays visible to journal-segment deletion and to back-fill settling.
-            for symbol, batch in batches.items():
-                if symbol not in self._inboxes:
-                    self._spawn(symbol)
-                self._inflight[symbol].append(batch.oldest_recv_ns())
-            self._pending_since = None
-            self._room.set()
-            self._room = anyio.Event()
-            for table, (rows, oldest_ns) in flush.tables.items():
-                await self._dataset.writer(self.stream, table).put_table(rows, oldest_ns)
-            for symbol, batch in batches.items():
-                await self._hand_over(symbol, batch)
+            await self._flush(pending)
+
+    async def _flush(self, pending: dict[str, Arrivals]) -> None:
+        """Split one flush's messages by symbol, write its bulk tables, hand the batches over.
+
+        Nothing of the flush outlives it here but the batches in the symbol tasks' inboxes.
+        """
+        flush = build_batches(pending, self._bulk_converters(pending), keyed=self._remembers_trades)
+        batches = flush.batches
+        for handed in self._handed:
+            earlier = handed()
+            if earlier is not None and not earlier.taken:
+                earlier.detach()  # its task is behind: let the earlier flush's records go
+        self._handed = [weakref.ref(batch) for batch in batches.values()]
+        # Every batch is in flight before the first hand-over can wait: what has not reached
+        # the writers stays visible to journal-segment deletion and to back-fill settling.
+        for symbol, batch in batches.items():
+            if symbol not in self._inboxes:
+                self._spawn(symbol)
+            self._inflight[symbol].append(batch.oldest_recv_ns())
+        self._pending_since = None
+        self._room.set()
+        self._room = anyio.Event()
+        for table, (rows, oldest_ns) in flush.tables.items():
+            await self._dataset.writer(self.stream, table).put_table(rows, oldest_ns)
+        for symbol, batch in batches.items():
+            await self._hand_over(symbol, batch)
 
     def _bulk_converters(self, pending: dict[str, Arrivals]) -> dict[str, MarketConverter]:
         """The tables of this flush the router converts and writes in bulk.
