@@ -79,9 +79,6 @@ class Rows:
     oldest_recv_ns: int
     newest_recv_ns: int
 
-    def __len__(self) -> int:
-        return self.count
-
     def records(self) -> list[AnyMessage]:
         """The records themselves."""
         out: list[AnyMessage] = []
@@ -159,7 +156,7 @@ class SymbolBatch:
         """(ts, price, size) of the trades, parsing the timestamps here if the flush could not."""
         if self.ts is None:
             trades = self.tables.get(TRADES)
-            self.ts = _epoch_ns(trades.records()) if trades else _NO_INTS
+            self.ts = _NO_INTS if trades is None else _epoch_ns(trades.records())
         return self.ts, self.price, self.size
 
     def detach(self) -> None:
@@ -300,7 +297,7 @@ def build_batches(
         trades = _TradeColumns.of(records, keyed=keyed) if table == TRADES else None
         converter = (converters or {}).get(table)
         if converter is not None and (trades is None or trades.ts is not None):
-            known = {"symbol": groups.symbols, **(trades.known() if trades else {})}
+            known = {"symbol": groups.symbols, **(trades.known() if trades is not None else {})}
             try:
                 bulk[table] = (converter.with_columns(records, known), int(recv.min()))
             except CONVERSION_ERRORS:
@@ -308,7 +305,7 @@ def build_batches(
         by_symbol = recv[groups.order]
         oldest = np.minimum.reduceat(by_symbol, groups.starts).tolist()
         newest = np.maximum.reduceat(by_symbol, groups.starts).tolist()
-        columns = trades.sorted(groups.order) if trades else None
+        columns = None if trades is None else trades.sorted(groups.order)
         for k, symbol in enumerate(groups.names):
             start, end = groups.starts[k], groups.ends[k]
             batch = batches.get(symbol)

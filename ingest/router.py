@@ -423,19 +423,16 @@ class StreamRouter:
         state.messages += batch.count
         state.last_recv_ns = batch.newest_recv_ns()
         trades = tables.get("trades")
-        if trades and not in_order:
+        if trades is not None and not in_order:
             if batch.ts is None:  # the flush's bulk parse failed: sort it out per trade
                 await self._feed(symbol, pipeline, memory, cast("list[Trade]", trades.records()))
-            else:
-                keys = batch.keys
-                if memory is not None and keys is None:
-                    keys = trade_keys(cast("list[StockTrade]", trades.records()))
+            else:  # a flush of a stream with a trade memory gathers the trades' keys too
                 await self._feed_columns(
                     symbol,
                     pipeline,
                     memory,
                     (batch.ts, batch.price, batch.size),
-                    keys,
+                    batch.keys,
                     trades.last().recv_ns,
                 )
         latency = (time.time_ns() - batch.oldest_recv_ns()) / 1e9
