@@ -220,6 +220,7 @@ async def run_daemon(
                             settings=settings.storage,
                             metrics=metrics,
                             unsealed=functools.partial(_unsealed, router, dataset, stream),
+                            scale=router.flush_scale,
                         )
                         for stream, router in routers.items()
                     }

@@ -287,7 +287,8 @@ class Metrics:
     intake_depth: Gauge = field(
         default_factory=lambda: Gauge(
             "ingest_intake_depth",
-            "Frames waiting in a stream's intake for the journal (bound: storage.queue_size).",
+            "Frames waiting in a stream's intake for the journal"
+            " (bound: storage.queue_size, scaled up beyond 4,096 symbols).",
             ("stream",),
         )
     )

@@ -182,6 +182,19 @@ class StreamRouter:
         self._closed = True
         self._wake.set()
 
+    @property
+    def symbol_tasks(self) -> int:
+        """Symbol tasks running (they grow as new symbols arrive on a wildcard stream)."""
+        return len(self._inboxes)
+
+    def flush_scale(self) -> float:
+        """How many times `BATCH_MESSAGES` a saturated flush holds now (>= 1).
+
+        The queue in front of the router scales by it: a flush can only be as large as what
+        reached the router in one turn of the event loop (`ingest.intake`).
+        """
+        return pending_limit(self.symbol_tasks) / BATCH_MESSAGES
+
     def queue_depth(self) -> int:
         """Batches waiting across this stream's symbol queues (pending messages not counted)."""
         return sum(len(inbox) for inbox in self._inboxes.values())
@@ -215,7 +228,7 @@ class StreamRouter:
             self._pending_since = frame.recv_ns
         self._split(frame.messages)
         self._wake.set()
-        limit = pending_limit(len(self._inboxes))
+        limit = pending_limit(self.symbol_tasks)
         if frame.rejects or self._pending_count >= limit:
             with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
                 if frame.rejects:

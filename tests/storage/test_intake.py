@@ -45,8 +45,9 @@ def make_intake(
     unsealed: Callable[[], int | None] = lambda: None,
     settings: StorageSettings | None = None,
     metrics: Metrics | None = None,
+    scale: float = 1.0,
 ) -> StreamIntake:
-    """A stocks intake with no de-duplication."""
+    """A stocks intake with no de-duplication, its router's flush `scale` times the floor."""
     return StreamIntake(
         "stocks",
         deliver,
@@ -55,6 +56,7 @@ def make_intake(
         settings=settings or StorageSettings(),
         metrics=metrics or Metrics(),
         unsealed=unsealed,
+        scale=lambda: scale,
     )
 
 
@@ -179,4 +181,29 @@ class TestIntake:
         for recv in (1, 2, 3):
             await intake.put(frame(recv, recv))
         assert metrics.dropped.get("stocks") == 1
+        await anyio.to_thread.run_sync(journal.close)
+
+    @pytest.mark.parametrize(("scale", "taken"), [(1.0, 2), (2.5, 5)])
+    async def test_the_bound_grows_with_the_routers_flush(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scale: float, taken: int
+    ) -> None:
+        """The queue grows with the router's flush, by the same factor.
+
+        With thousands of symbols the router's flush outgrows `queue_size` frames; a queue that
+        did not follow would give each symbol task a few trades a flush.
+        """
+        monkeypatch.setattr("ingest.intake.SEAL_GRACE_SECONDS", 0.05)
+        journal = SegmentWriter(tmp_path / "_journal" / "stocks", "s0of1-t", fsync="never")
+        metrics = Metrics()
+        intake = make_intake(
+            lambda _: anyio.lowlevel.checkpoint(),
+            journal,
+            settings=StorageSettings(queue_size=2),
+            metrics=metrics,
+            scale=scale,
+        )
+        for recv in range(1, 8):  # the journal is stuck: the frames past the bound are dropped
+            await intake.put(frame(recv, recv))
+        assert intake.depth == taken
+        assert metrics.dropped.get("stocks") == 7 - taken
         await anyio.to_thread.run_sync(journal.close)
