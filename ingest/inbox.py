@@ -5,10 +5,16 @@ object on every `receive`. At a trickle, when each flush hands a symbol one smal
 18 % of the loop's time. A symbol task merges every batch waiting into one pipeline call anyway,
 so the inbox hands them all over in one list, and its reader waits on an event only when there is
 nothing to take.
+
+The events are asyncio's own, cleared and reused. The daemon runs on asyncio only (aiohttp needs
+it), and an `anyio.Event` looks the backend up each time one is made, and is made anew for each
+wait: 5.5 µs a hand-over to a waiting task against 2.6-3.7 (200 tasks, `put_nowait` then
+`take_all`), on a path every symbol batch takes.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from typing import Generic, TypeVar
 
@@ -27,10 +33,10 @@ class Inbox(Generic[T]):
     def __init__(self, limit: int) -> None:
         self._items: deque[T] = deque()
         self._limit = max(limit, 1)
-        self._ready = anyio.Event()
-        """Set when an item arrives or on close; renewed each time the reader has to wait."""
-        self._room = anyio.Event()
-        """Set when a full inbox is emptied; renewed then."""
+        self._ready = asyncio.Event()
+        """Set when an item arrives or on close; cleared each time the reader has to wait."""
+        self._room = asyncio.Event()
+        """Pulsed (set, then cleared) when a full inbox is emptied: wakes the waiting writers."""
         self._closed = False
 
     def __len__(self) -> int:
@@ -65,11 +71,11 @@ class Inbox(Generic[T]):
         while not self._items:
             if self._closed:
                 return None
+            self._ready.clear()  # no item can arrive before the wait: nothing is missed
             await self._ready.wait()
-            self._ready = anyio.Event()
         items = list(self._items)
         self._items.clear()
         if len(items) >= self._limit:  # only a full inbox can have writers waiting
             self._room.set()
-            self._room = anyio.Event()
+            self._room.clear()
         return items
