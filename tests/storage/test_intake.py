@@ -60,6 +60,26 @@ def make_intake(
     )
 
 
+def stuck_intake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, scale: float = 1.0
+) -> tuple[StreamIntake, SegmentWriter, Metrics]:
+    """An intake of `queue_size = 2` whose journal is stuck (nothing runs it), a grace of 50 ms.
+
+    Under `block` a frame waits for room; the shielded wait ends after the grace period.
+    """
+    monkeypatch.setattr("ingest.intake.SEAL_GRACE_SECONDS", 0.05)
+    journal = SegmentWriter(tmp_path / "_journal" / "stocks", "s0of1-t", fsync="never")
+    metrics = Metrics()
+    intake = make_intake(
+        lambda _: anyio.lowlevel.checkpoint(),
+        journal,
+        settings=StorageSettings(queue_size=2),
+        metrics=metrics,
+        scale=scale,
+    )
+    return intake, journal, metrics
+
+
 def parquet_files(root: Path) -> list[Path]:
     return sorted(root.glob("stocks/trades/*/*.parquet"))
 
@@ -164,20 +184,8 @@ class TestIntake:
     async def test_a_frame_that_waits_past_the_grace_is_counted_as_dropped(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A frame past the grace with the journal still behind: counted, not lost silently.
-
-        Under `block` a frame waits for room; the shielded wait ends after the grace period.
-        """
-        monkeypatch.setattr("ingest.intake.SEAL_GRACE_SECONDS", 0.05)
-        journal = SegmentWriter(tmp_path / "_journal" / "stocks", "s0of1-t", fsync="never")
-        metrics = Metrics()
-        intake = make_intake(
-            lambda _: anyio.lowlevel.checkpoint(),
-            journal,
-            settings=StorageSettings(queue_size=2),
-            metrics=metrics,
-        )
-        # No `run`: nothing drains the waiting frames, as with a journal that is stuck.
+        """A frame past the grace with the journal still behind: counted, not lost silently."""
+        intake, journal, metrics = stuck_intake(tmp_path, monkeypatch)
         for recv in (1, 2, 3):
             await intake.put(frame(recv, recv))
         assert metrics.dropped.get("stocks") == 1
@@ -192,17 +200,8 @@ class TestIntake:
         With thousands of symbols the router's flush outgrows `queue_size` frames; a queue that
         did not follow would give each symbol task a few trades a flush.
         """
-        monkeypatch.setattr("ingest.intake.SEAL_GRACE_SECONDS", 0.05)
-        journal = SegmentWriter(tmp_path / "_journal" / "stocks", "s0of1-t", fsync="never")
-        metrics = Metrics()
-        intake = make_intake(
-            lambda _: anyio.lowlevel.checkpoint(),
-            journal,
-            settings=StorageSettings(queue_size=2),
-            metrics=metrics,
-            scale=scale,
-        )
-        for recv in range(1, 8):  # the journal is stuck: the frames past the bound are dropped
+        intake, journal, metrics = stuck_intake(tmp_path, monkeypatch, scale=scale)
+        for recv in range(1, 8):  # the frames past the bound are dropped
             await intake.put(frame(recv, recv))
         assert intake.depth == taken
         assert metrics.dropped.get("stocks") == 7 - taken
