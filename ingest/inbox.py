@@ -8,8 +8,8 @@ nothing to take.
 
 The events are asyncio's own, cleared and reused. The daemon runs on asyncio only (aiohttp needs
 it), and an `anyio.Event` looks the backend up each time one is made, and is made anew for each
-wait: 5.5 µs a hand-over to a waiting task against 2.6-3.7 (200 tasks, `put_nowait` then
-`take_all`), on a path every symbol batch takes.
+wait: a hand-over to a waiting task took 5.5 µs that way and takes 2.0 now (200 tasks,
+`put_nowait` then `take_all`), on a path every symbol batch takes.
 """
 
 from __future__ import annotations
