@@ -150,15 +150,6 @@ class SymbolBatch:
         """When the latest of these records was received."""
         return max(rows.newest_recv_ns for rows in self.tables.values())
 
-    def trade_columns(
-        self,
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """(ts, price, size) of the trades, parsing the timestamps here if the flush could not."""
-        if self.ts is None:
-            trades = self.tables.get(TRADES)
-            self.ts = _NO_INTS if trades is None else _epoch_ns(trades.records())
-        return self.ts, self.price, self.size
-
     def detach(self) -> None:
         """Hold this batch's records alone (see `Rows.detach`): for a batch left waiting.
 
