@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import numpy as np
 import pyarrow as pa
 
-from ingest.corrections import trade_keys
+from ingest.corrections import TRADE_RECORD, trade_keys, trade_records
 from storage.refusals import CONVERSION_ERRORS
 from storage.schemas import parse_timestamps
 
@@ -48,6 +48,7 @@ __all__ = ["Arrivals", "Flush", "Rows", "SymbolBatch", "build_batches"]
 TRADES: Final = "trades"
 _NO_INTS: Final = np.empty(0, np.int64)
 _NO_FLOATS: Final = np.empty(0, np.float64)
+_NO_RECORDS: Final = np.empty(0, TRADE_RECORD)
 _TIME: Final = attrgetter("t")
 _PRICE: Final = attrgetter("p")
 _SIZE: Final = attrgetter("s")
@@ -126,16 +127,17 @@ class SymbolBatch:
     unwritten: Tables
     """The rows of `tables` the symbol task still hands to the writers: all but the tables the
     router already converted and wrote in bulk."""
-    keys: TradeKeys | None = None
-    """The trades' ids and exchange codes, for a stock symbol's trade memory (else None)."""
+    to_remember: npt.NDArray[np.void] | None = None
+    """The trades as a stock symbol's trade memory keeps them (`trade_records`; else None)."""
+    newest_ts: int = 0
+    """The latest event time among the trades (when `ts` is not None and there are trades)."""
     taken: bool = False
     """Set by the symbol task when it takes the batch from its inbox."""
 
     @classmethod
     def empty(cls, *, keyed: bool) -> SymbolBatch:
-        """A batch of no records yet (`keyed`: with the empty keys of no trades)."""
-        keys = (_NO_INTS, _NO_INTS) if keyed else None
-        return cls({}, _NO_INTS, _NO_FLOATS, _NO_FLOATS, {}, keys)
+        """A batch of no records yet (`keyed`: with the memory records of no trades)."""
+        return cls({}, _NO_INTS, _NO_FLOATS, _NO_FLOATS, {}, _NO_RECORDS if keyed else None)
 
     @property
     def count(self) -> int:
@@ -170,15 +172,13 @@ class SymbolBatch:
             self.ts = None
         else:
             self.ts = np.concatenate((self.ts, later.ts))
+        self.newest_ts = max(self.newest_ts, later.newest_ts)
         self.price = np.concatenate((self.price, later.price))
         self.size = np.concatenate((self.size, later.size))
-        if self.keys is None or later.keys is None:
-            self.keys = None
+        if self.to_remember is None or later.to_remember is None:
+            self.to_remember = None
         else:
-            self.keys = (
-                np.concatenate((self.keys[0], later.keys[0])),
-                np.concatenate((self.keys[1], later.keys[1])),
-            )
+            self.to_remember = np.concatenate((self.to_remember, later.to_remember))
 
 
 def _epoch_ns(trades: Sequence[AnyMessage]) -> npt.NDArray[np.int64]:
@@ -297,6 +297,12 @@ def build_batches(
         oldest = np.minimum.reduceat(by_symbol, groups.starts).tolist()
         newest = np.maximum.reduceat(by_symbol, groups.starts).tolist()
         columns = None if trades is None else trades.sorted(groups.order)
+        newest_ts: list[int] | None = None
+        remembered = None
+        if columns is not None and columns.ts is not None:
+            newest_ts = np.maximum.reduceat(columns.ts, groups.starts).tolist()
+            if columns.keys is not None:
+                remembered = trade_records(columns.keys, columns.ts, columns.price, columns.size)
         for k, symbol in enumerate(groups.names):
             start, end = groups.starts[k], groups.ends[k]
             batch = batches.get(symbol)
@@ -311,6 +317,8 @@ def build_batches(
                 batch.ts = None if columns.ts is None else columns.ts[part]
                 batch.price = columns.price[part]
                 batch.size = columns.size[part]
-                if columns.keys is not None:
-                    batch.keys = (columns.keys[0][part], columns.keys[1][part])
+                if newest_ts is not None:
+                    batch.newest_ts = newest_ts[k]
+                if remembered is not None:
+                    batch.to_remember = remembered[part]
     return Flush(batches, bulk)

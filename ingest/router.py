@@ -29,7 +29,7 @@ import structlog
 
 from ingest.batch import Arrivals, Rows, SymbolBatch, build_batches
 from ingest.config import PipelineSettings, Settings, StreamName
-from ingest.corrections import TradeKeys, TradeMemory, apply_correction, trade_keys
+from ingest.corrections import TradeMemory, apply_correction, trade_keys, trade_records
 from ingest.inbox import Inbox
 from ingest.pipeline import PipelineOutput, SymbolPipeline
 from ingest.screen import parseable_timestamps, screen_frame
@@ -439,13 +439,14 @@ class StreamRouter:
         if trades is not None and not in_order:
             if batch.ts is None:  # the flush's bulk parse failed: sort it out per trade
                 await self._feed(symbol, pipeline, memory, cast("list[Trade]", trades.records()))
-            else:  # a flush of a stream with a trade memory gathers the trades' keys too
+            else:  # a flush of a stream with a trade memory gathers its records too
                 await self._feed_columns(
                     symbol,
                     pipeline,
                     memory,
                     (batch.ts, batch.price, batch.size),
-                    batch.keys,
+                    batch.newest_ts,
+                    batch.to_remember,
                     trades.last().recv_ns,
                 )
         latency = (time.time_ns() - batch.oldest_recv_ns()) / 1e9
@@ -472,9 +473,13 @@ class StreamRouter:
             ts = parse_timestamps([t.t for t in trades]).cast(pa.int64()).to_numpy()
         price = np.fromiter((t.p for t in trades), np.float64, len(trades))
         size = np.fromiter((t.s for t in trades), np.float64, len(trades))
-        keys = None if memory is None else trade_keys(cast("list[StockTrade]", trades))
+        remembered = None
+        if memory is not None:
+            keys = trade_keys(cast("list[StockTrade]", trades))
+            remembered = trade_records(keys, ts, price, size)
+        newest_ts, recv_ns = int(ts.max()), trades[-1].recv_ns
         await self._feed_columns(
-            symbol, pipeline, memory, (ts, price, size), keys, trades[-1].recv_ns
+            symbol, pipeline, memory, (ts, price, size), newest_ts, remembered, recv_ns
         )
 
     async def _feed_columns(
@@ -483,19 +488,21 @@ class StreamRouter:
         pipeline: SymbolPipeline,
         memory: TradeMemory | None,
         columns: TradeColumns,
-        keys: TradeKeys | None,
+        newest_ts: int,
+        to_remember: npt.NDArray[np.void] | None,
         recv_ns: int,
     ) -> None:
         """Run trades through the pipeline (and remember stock trades for corrections).
 
-        `keys` are the trades' when they are remembered; `recv_ns` is the last one's receipt.
+        `newest_ts` is the trades' latest event time; `to_remember` their `trade_records` when
+        they are remembered; `recv_ns` is the last one's receipt.
         """
         ts, price, size = columns
         state = self.symbols[symbol]
-        state.last_event_ns = int(ts.max())
+        state.last_event_ns = newest_ts
         if memory is not None:
-            assert keys is not None, "remembered trades need their keys"
-            memory.remember(pipeline.trades_seen, keys, ts, price, size)
+            assert to_remember is not None, "remembered trades need their records"
+            memory.remember(pipeline.trades_seen, to_remember)
         output = pipeline.on_trades(ts, price, size)
         lag = (time.time_ns() - state.last_event_ns) / 1e9
         self._metrics.latency.observe(lag, self.stream, count=len(ts))

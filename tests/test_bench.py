@@ -21,6 +21,7 @@ from ingest.batch import Arrivals, build_batches
 from ingest.bench.stages import BenchSource, saturated_batches
 from ingest.bench.workload import START_NS, make_workload
 from ingest.cli import main
+from ingest.corrections import TRADE_RECORD
 from ingest.metrics import FAST_BUCKETS, Histogram, Metrics
 from ingest.pipeline import SymbolPipeline
 from storage.parquet import write_parquet_atomically
@@ -227,8 +228,8 @@ class TestBuildBatches:
         with pytest.raises(ValueError, match="yesterday"):
             own_stamps("B")
 
-    def test_keyed_flush_gathers_ids_and_exchanges_once_for_every_symbol(self) -> None:
-        """Each symbol's keys are its own trades' (id, exchange code), also in the bulk table."""
+    def test_keyed_flush_gathers_trade_records_once_for_every_symbol(self) -> None:
+        """Each symbol's memory records are its own trades', ids also in the bulk table."""
         trades = [
             StockTrade(S=s, t="2024-07-01T14:30:00Z", i=i, x=x, p=1.0, s=1.0)
             for s, i, x in (("A", 5, "V"), ("B", 6, "N"), ("A", 7, "Q"))
@@ -237,11 +238,20 @@ class TestBuildBatches:
         spec = table_spec("stocks", "trades", ())
         converter = cast("MarketConverter", spec.to_table)
         flush = build_batches(pending, {"trades": converter}, keyed=True)
-        keys = {s: b.keys for s, b in flush.batches.items()}
-        assert {s: (k[0].tolist(), k[1].tolist()) for s, k in keys.items() if k} == {
+        kept = {
+            s: b.to_remember.view(TRADE_RECORD)
+            for s, b in flush.batches.items()
+            if b.to_remember is not None
+        }
+        assert {s: (r["id"].tolist(), r["exchange"].tolist()) for s, r in kept.items()} == {
             "A": ([5, 7], [ord("V"), ord("Q")]),
             "B": ([6], [ord("N")]),
         }
+        a = flush.batches["A"]
+        assert a.ts is not None
+        assert kept["A"]["ts"].tolist() == a.ts.tolist()
+        assert kept["A"]["alive"].all()
+        assert a.newest_ts == 1719844200000000000
         table, _ = flush.tables["trades"]
         # In arrival order, each row beside its own symbol: the writer sorts when it seals.
         assert table.select(["symbol", "trade_id", "exchange"]).to_pylist() == [
@@ -252,9 +262,9 @@ class TestBuildBatches:
         assert flush.batches["A"].unwritten == {}
         batch = flush.batches["A"]
         batch.absorb(build_batches(_arrived(trades[0]), keyed=True).batches["A"])
-        assert batch.keys is not None
-        assert batch.keys[0].tolist() == [5, 7, 5]
-        assert build_batches(pending).batches["A"].keys is None
+        assert batch.to_remember is not None
+        assert batch.to_remember.view(TRADE_RECORD)["id"].tolist() == [5, 7, 5]
+        assert build_batches(pending).batches["A"].to_remember is None
 
     def test_absorb_appends_tables_and_columns(self) -> None:
         one = _trade("A", "2024-07-01T14:30:00Z", 1.0, recv_ns=5)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ingest.config import BarSpec, PipelineSettings
-from ingest.corrections import TradeMemory, apply_correction, trade_keys
+from ingest.corrections import TradeMemory, apply_correction, trade_keys, trade_records
 from ingest.pipeline import SymbolPipeline
 from streams.messages import CancelError, Correction, StockTrade
 from tests.pipeline._data import Trades, load_esu4_trades
@@ -32,7 +32,7 @@ def feed(
     """Feed trades [lo, hi) as one batch, remembering them; the bars they closed."""
     part = Trades(trades.ts[lo:hi], trades.price[lo:hi], trades.size[lo:hi])
     keys = trade_keys(stock_trades(part, lo + 1))
-    memory.remember(pipeline.trades_seen, keys, part.ts, part.price, part.size)
+    memory.remember(pipeline.trades_seen, trade_records(keys, part.ts, part.price, part.size))
     return pipeline.on_trades(part.ts, part.price, part.size).bars
 
 
@@ -257,7 +257,7 @@ class TestMemory:
             ids = np.arange(seq + 1, seq + n + 1, dtype=np.int64)
             price = rng.uniform(1, 2, n)
             trades = [StockTrade(S="ES", t="", i=int(i), x=EXCHANGE, p=1.0, s=1.0) for i in ids]
-            memory.remember(seq, trade_keys(trades), ids * 10, price, np.ones(n))
+            memory.remember(seq, trade_records(trade_keys(trades), ids * 10, price, np.ones(n)))
             model += [[seq + k, float(ids[k]), float(price[k]), 1.0] for k in range(n)]
             seq += n
             kept = model[-window:]
