@@ -417,7 +417,7 @@ class StreamRouter:
         memory: TradeMemory | None = None,
     ) -> None:
         tables = batch.tables
-        in_order = memory is not None and any(t in tables for t in _CORRECTIONS)
+        in_order = memory is not None and not _NOT_BULK.isdisjoint(tables)
         if in_order:
             assert memory is not None
             await self._correct_in_order(symbol, pipeline, memory, tables)
@@ -425,6 +425,8 @@ class StreamRouter:
         seen = state.seen
         for table, rows in batch.unwritten.items():
             await self._dataset.writer(self.stream, table).put(rows.records())
+        count = 0
+        oldest = newest = -1
         for table, rows in tables.items():
             self._metrics.messages.inc(self.stream, table, amount=rows.count)
             # A lower bound of the newest stamp, O(1) a batch: the batch's last (nanoseconds, or
@@ -433,8 +435,12 @@ class StreamRouter:
             last = _STAMP.get(table, _T)(rows.last())
             if _later(last, seen.get(table)):
                 seen[table] = last
-        state.messages += batch.count
-        state.last_recv_ns = batch.newest_recv_ns()
+            count += rows.count
+            if oldest < 0 or rows.oldest_recv_ns < oldest:
+                oldest = rows.oldest_recv_ns
+            newest = max(newest, rows.newest_recv_ns)
+        state.messages += count
+        state.last_recv_ns = newest
         trades = tables.get("trades")
         if trades is not None and not in_order:
             if batch.ts is None:  # the flush's bulk parse failed: sort it out per trade
@@ -449,7 +455,7 @@ class StreamRouter:
                     batch.to_remember,
                     trades.last().recv_ns,
                 )
-        latency = (time.time_ns() - batch.oldest_recv_ns()) / 1e9
+        latency = (time.time_ns() - oldest) / 1e9
         self._metrics.pipeline_latency.observe(latency, self.stream)
 
     async def _feed(
