@@ -12,7 +12,7 @@ import pytest
 
 from ingest.config import AnomalySettings, BarSpec, PipelineSettings
 from ingest.pipeline import RecentTrades, SymbolPipeline, anomaly, symbol
-from ingest.pipeline.anomaly import _add_reduce
+from ingest.pipeline.anomaly import window_sums
 from tests.pipeline.test_streaming import SMALL, SMALL_IQR
 
 MIDNIGHT = 1_719_878_400_000_000_000
@@ -209,16 +209,24 @@ class TestSmallBatchesEqualTheVectorPath:
         assert max(sizes) > symbol.SCALAR_MAX
 
 
-class TestPairwiseSum:
+class TestWindowSums:
     @pytest.mark.parametrize("rows", [1, 3, 40])
-    def test_rounds_as_numpy_add_reduce(self, rows: int) -> None:
+    def test_round_as_numpy_add_reduce(self, rows: int) -> None:
         """Every length up to 300 (blocks, tails, halves), values of mixed sign and magnitude.
 
         Row 0 is all negative zeros: numpy starts from its identity 0.0, so their sum is 0.0.
+        The spread is the sum of squared deviations from each row's mean, as the vector path
+        computes it.
         """
         rng = np.random.default_rng(rows)
         for n in range(1, 301):
+            total, spread = window_sums(n)
             windows = rng.normal(0.0, 1.0, (rows, n)) * 10.0 ** rng.integers(-8, 8, (rows, n))
             windows[0] = -0.0
-            want = exact(np.add.reduce(windows, axis=1).tolist())
-            assert exact([_add_reduce(row) for row in windows.tolist()]) == want, n
+            sums = np.add.reduce(windows, axis=1)
+            assert exact([total(row) for row in windows.tolist()]) == exact(sums.tolist()), n
+            mean = sums / n
+            deviations = windows - mean[:, None]
+            want = exact(np.add.reduce(deviations * deviations, axis=1).tolist())
+            got = [spread(row, m) for row, m in zip(windows.tolist(), mean.tolist(), strict=True)]
+            assert exact(got) == want, n
