@@ -75,7 +75,7 @@ class TradeMemory:
     trades, so a quiet symbol costs little and a busy one `window` x 41 bytes at most. (A buffer
     of twice the window, compacted when full, held up to 16,384 slots: 134 MB at 200 symbols.)
     Records rather than a column array each: a batch is one copy, not six (a symbol call of a
-    trade or two paid ~2.8 us for six, ~1.1 us for one).
+    trade or two paid ~3.6 us for six, ~1.0 us for one).
     """
 
     __slots__ = ("_next", "_oldest", "_packed", "_ring", "_window")
