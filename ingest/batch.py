@@ -139,18 +139,29 @@ class SymbolBatch:
         """A batch of no records yet (`keyed`: with the memory records of no trades)."""
         return cls({}, _NO_INTS, _NO_FLOATS, _NO_FLOATS, {}, _NO_RECORDS if keyed else None)
 
+    def span(self) -> tuple[int, int, int]:
+        """Records in the batch, and when the earliest and the latest were received: one pass."""
+        tables = iter(self.tables.values())
+        first = next(tables)
+        count, oldest, newest = first.count, first.oldest_recv_ns, first.newest_recv_ns
+        for rows in tables:
+            count += rows.count
+            oldest = min(oldest, rows.oldest_recv_ns)
+            newest = max(newest, rows.newest_recv_ns)
+        return count, oldest, newest
+
     @property
     def count(self) -> int:
         """Records in the batch."""
-        return sum(rows.count for rows in self.tables.values())
+        return self.span()[0]
 
     def oldest_recv_ns(self) -> int:
         """When the earliest of these records was received."""
-        return min(rows.oldest_recv_ns for rows in self.tables.values())
+        return self.span()[1]
 
     def newest_recv_ns(self) -> int:
         """When the latest of these records was received."""
-        return max(rows.newest_recv_ns for rows in self.tables.values())
+        return self.span()[2]
 
     def detach(self) -> None:
         """Hold this batch's records alone (see `Rows.detach`): for a batch left waiting.

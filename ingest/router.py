@@ -425,8 +425,6 @@ class StreamRouter:
         seen = state.seen
         for table, rows in batch.unwritten.items():
             await self._dataset.writer(self.stream, table).put(rows.records())
-        count = 0
-        oldest = newest = -1
         for table, rows in tables.items():
             self._metrics.messages.inc(self.stream, table, amount=rows.count)
             # A lower bound of the newest stamp, O(1) a batch: the batch's last (nanoseconds, or
@@ -435,10 +433,7 @@ class StreamRouter:
             last = _STAMP.get(table, _T)(rows.last())
             if _later(last, seen.get(table)):
                 seen[table] = last
-            count += rows.count
-            if oldest < 0 or rows.oldest_recv_ns < oldest:
-                oldest = rows.oldest_recv_ns
-            newest = max(newest, rows.newest_recv_ns)
+        count, oldest, newest = batch.span()
         state.messages += count
         state.last_recv_ns = newest
         trades = tables.get("trades")
