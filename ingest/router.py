@@ -27,11 +27,12 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
-from ingest.batch import Arrivals, Rows, SymbolBatch, build_batches
+from ingest.batch import TRADES, Arrivals, Rows, SymbolBatch, build_batches
 from ingest.config import PipelineSettings, Settings, StreamName
 from ingest.corrections import TradeMemory, apply_correction, trade_keys, trade_records
 from ingest.inbox import Inbox
 from ingest.pipeline import PipelineOutput, SymbolPipeline
+from ingest.pipeline.steady import take_steady
 from ingest.screen import parseable_timestamps, screen_frame
 from storage.parquet import SEAL_GRACE_SECONDS, Dataset
 from storage.schemas import MarketConverter, parse_timestamps, stamp_ns, table_for, table_spec
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ingest.metrics import Metrics
+    from ingest.pipeline.symbol import Row
     from ingest.warmup import Warmup
     from storage.quarantine import Quarantine
     from streams.base import Frame
@@ -79,6 +81,11 @@ more held while saturated."""
 BATCH_PER_SYMBOL: Final = 16
 """...or this many per symbol task, if more: with thousands of symbols a flush of 65,536 would give
 each symbol a few trades, and the task hop per batch would cost more than the trades."""
+
+
+STEADY_MAX: Final = 64
+"""Symbol batches of up to this many trades are offered to the steady path (`_take_steady`);
+larger ones are cheap a trade in their own pipeline call, and mostly close a bar anyway."""
 
 
 def pending_limit(symbols: int) -> int:
@@ -144,6 +151,10 @@ class StreamRouter:
         self._inboxes: dict[str, Inbox[SymbolBatch]] = {}
         self._handed: list[weakref.ref[SymbolBatch]] = []
         """The batches of the last flush, while anything holds them (`SymbolBatch.detach`)."""
+        self._pipelines: dict[str, SymbolPipeline] = {}
+        self._memories: dict[str, TradeMemory | None] = {}
+        """Each symbol task's pipeline and trade memory, for the steady path of the flusher
+        (`_take_steady`), which uses them only while the task is idle."""
         self._inflight: dict[str, deque[int]] = {}
         """Per symbol, the oldest receive time of each batch handed over but not yet processed."""
         self._pending_since: int | None = None
@@ -257,11 +268,12 @@ class StreamRouter:
         """
         flush = build_batches(pending, self._bulk_converters(pending), keyed=self._remembers_trades)
         batches = flush.batches
+        steady, anomalies = self._take_steady(batches)
         for handed in self._handed:
             earlier = handed()
             if earlier is not None and not earlier.taken:
                 earlier.detach()  # its task is behind: let the earlier flush's records go
-        self._handed = [weakref.ref(batch) for batch in batches.values()]
+        self._handed = [weakref.ref(b) for s, b in batches.items() if s not in steady]
         # Every batch is in flight before the first hand-over can wait: what has not reached
         # the writers stays visible to journal-segment deletion and to back-fill settling.
         for symbol, batch in batches.items():
@@ -274,7 +286,73 @@ class StreamRouter:
         for table, (rows, oldest_ns) in flush.tables.items():
             await self._dataset.writer(self.stream, table).put_table(rows, oldest_ns)
         for symbol, batch in batches.items():
-            await self._hand_over(symbol, batch)
+            if symbol in steady:
+                if symbol in anomalies:
+                    output = PipelineOutput(anomalies=anomalies[symbol])
+                    await self._emit(output, batch.tables[TRADES].last().recv_ns)
+                self._inflight[symbol].pop()  # its only entry: its task was idle
+            else:
+                await self._hand_over(symbol, batch)
+
+    def _take_steady(
+        self, batches: dict[str, SymbolBatch]
+    ) -> tuple[set[str], dict[str, list[Row]]]:
+        """Run the flush's small batches that close nothing together (`ingest.pipeline.steady`).
+
+        Offered: a symbol's batch of trades alone, already written in bulk, while its task is
+        idle (nothing of it in flight) and its pipeline the standard one. What is taken is
+        accounted for here as its task would (`_account`); returns the symbols taken and the
+        anomaly rows of their batches, for the caller to write.
+        """
+        offered: list[tuple[str, SymbolBatch, SymbolPipeline]] = []
+        for symbol, batch in batches.items():
+            pipeline = self._pipelines.get(symbol)
+            ts = batch.ts
+            if (
+                pipeline is not None
+                and type(pipeline) is SymbolPipeline
+                and ts is not None
+                and 0 < len(ts) <= STEADY_MAX
+                and not batch.unwritten
+                and len(batch.tables) == 1
+                and not self._inflight[symbol]
+            ):
+                offered.append((symbol, batch, pipeline))
+        if not offered:
+            return set(), {}
+        parts = [batch for _, batch, _ in offered]
+        try:
+            steady = take_steady(
+                [pipeline for _, _, pipeline in offered],
+                np.concatenate([cast("npt.NDArray[np.int64]", b.ts) for b in parts]),
+                np.concatenate([b.price for b in parts]),
+                np.concatenate([b.size for b in parts]),
+                np.fromiter(map(len, (b.price for b in parts)), np.intp, len(parts)),
+            )
+        except Exception:
+            # Nothing was changed: every batch goes to its task, which runs the same steps.
+            log.exception("steady_path_failed")
+            return set(), {}
+        taken: set[str] = set()
+        anomalies: dict[str, list[Row]] = {}
+        now = time.time_ns()
+        waited: list[int] = []
+        for k, (symbol, batch, pipeline) in enumerate(offered):
+            if not steady.taken[k]:
+                continue
+            taken.add(symbol)
+            waited.append(now - self._account(symbol, batch))
+            self.symbols[symbol].last_event_ns = batch.newest_ts
+            memory = self._memories.get(symbol)
+            if memory is not None and batch.to_remember is not None:
+                memory.remember(pipeline.trades_seen - len(batch.price), batch.to_remember)
+            self._metrics.latency.observe(
+                (now - batch.newest_ts) / 1e9, self.stream, count=len(batch.price)
+            )
+            if k in steady.anomalies:
+                anomalies[symbol] = steady.anomalies[k]
+        self._metrics.pipeline_latency.observe_many(np.array(waited) / 1e9, self.stream)
+        return taken, anomalies
 
     def _bulk_converters(self, pending: dict[str, Arrivals]) -> dict[str, MarketConverter]:
         """The tables of this flush the router converts and writes in bulk.
@@ -369,6 +447,7 @@ class StreamRouter:
             if history:
                 pipeline.warm_up(history)
             memory = self._memory()
+            self._pipelines[symbol], self._memories[symbol] = pipeline, memory
             inflight = self._inflight[symbol]
             while (waiting := await inbox.take_all()) is not None:
                 for each in waiting:
@@ -386,6 +465,7 @@ class StreamRouter:
                     self.symbols[symbol].failures += 1
                     pipeline = self._factory(symbol, self._settings.pipeline)
                     memory = self._memory()
+                    self._pipelines[symbol], self._memories[symbol] = pipeline, memory
                 finally:
                     for _ in waiting:
                         inflight.popleft()
@@ -421,22 +501,10 @@ class StreamRouter:
         if in_order:
             assert memory is not None
             await self._correct_in_order(symbol, pipeline, memory, tables)
-        state = self.symbols[symbol]
-        seen = state.seen
         for table, rows in batch.unwritten.items():
             await self._dataset.writer(self.stream, table).put(rows.records())
-        for table, rows in tables.items():
-            self._metrics.messages.inc(self.stream, table, amount=rows.count)
-            # A lower bound of the newest stamp, O(1) a batch: the batch's last (nanoseconds, or
-            # canonical RFC 3339 UTC text, which sorts like time). A back-fill checks every row
-            # from there on.
-            last = _STAMP.get(table, _T)(rows.last())
-            if _later(last, seen.get(table)):
-                seen[table] = last
-        count, oldest, newest = batch.span()
-        state.messages += count
-        state.last_recv_ns = newest
-        trades = tables.get("trades")
+        oldest = self._account(symbol, batch)
+        trades = tables.get(TRADES)
         if trades is not None and not in_order:
             if batch.ts is None:  # the flush's bulk parse failed: sort it out per trade
                 await self._feed(symbol, pipeline, memory, cast("list[Trade]", trades.records()))
@@ -452,6 +520,23 @@ class StreamRouter:
                 )
         latency = (time.time_ns() - oldest) / 1e9
         self._metrics.pipeline_latency.observe(latency, self.stream)
+
+    def _account(self, symbol: str, batch: SymbolBatch) -> int:
+        """Count a batch's records and note what it tells `/status`; its oldest receipt."""
+        state = self.symbols[symbol]
+        seen = state.seen
+        for table, rows in batch.tables.items():
+            self._metrics.messages.inc(self.stream, table, amount=rows.count)
+            # A lower bound of the newest stamp, O(1) a batch: the batch's last (nanoseconds, or
+            # canonical RFC 3339 UTC text, which sorts like time). A back-fill checks every row
+            # from there on.
+            last = _STAMP.get(table, _T)(rows.last())
+            if _later(last, seen.get(table)):
+                seen[table] = last
+        count, oldest, newest = batch.span()
+        state.messages += count
+        state.last_recv_ns = newest
+        return oldest
 
     async def _feed(
         self,

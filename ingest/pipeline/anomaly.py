@@ -186,10 +186,23 @@ class AnomalyDetector:
             return []
         # A C-contiguous copy: each row is summed by the same routine whatever the row count.
         windows = history[self._gather_index(rows)]
+        offset = len(price) - rows  # trades still filling the window come first
+        return self.check_windows(windows, history[n:], offset)
+
+    def check_windows(
+        self, windows: FloatArray, current: FloatArray, offset: int = 0
+    ) -> list[Anomaly]:
+        """Flag each price of `current` that stands out from its row of `windows`.
+
+        `windows` is C-contiguous, one row of `window` prices per price checked (so each row is
+        summed by the same routine whatever the row count). A hit's index is its row plus
+        `offset`. `detect` checks one symbol's batch this way, `ingest.pipeline.steady` many
+        symbols' at once.
+        """
+        n = self.window
         mean = np.add.reduce(windows, axis=1) / n
         deviations = windows - mean[:, None]
         squares = np.add.reduce(deviations * deviations, axis=1)  # n * variance
-        current = history[n:]
         distance = current - mean
         if self.method == "zscore":
             # |distance| > k * std, without a square root or division per trade; equal prices
@@ -200,13 +213,21 @@ class AnomalyDetector:
             q1 = quantile_linear(ordered, 0.25)
             q3 = quantile_linear(ordered, 0.75)
             flagged = self._outside_iqr(current, q1, q3).nonzero()[0]
-        offset = len(price) - rows  # trades still filling the window come first
         hits = []
         for r in flagged.tolist():
             hit = self._hit(r + offset, float(current[r]), float(distance[r]), float(squares[r]))
             if hit is not None:
                 hits.append(hit)
         return hits
+
+    @property
+    def recent(self) -> FloatArray | list[float]:
+        """The last `window` prices seen (fewer while filling), oldest first."""
+        return self._recent
+
+    def slide(self, recent: FloatArray) -> None:
+        """Take the last `window` prices after a batch checked elsewhere (`check_windows`)."""
+        self._recent = recent
 
     def _detect_scalar(self, prices: list[float]) -> list[Anomaly]:
         """`detect` for a few prices: the same arithmetic, window by window, on Python floats."""

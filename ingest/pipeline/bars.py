@@ -20,7 +20,8 @@ import bisect
 import itertools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from operator import attrgetter
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -161,6 +162,66 @@ class BarBuilder:
         """Add a slice of trades; return the bars they closed, oldest first."""
         raise NotImplementedError
 
+    @staticmethod
+    def absorbs(
+        builders: Sequence[BarBuilder],
+        tmin: IntArray,
+        tmax: IntArray,
+        counts: IntArray,
+        end_v: FloatArray,
+        end_pv: FloatArray,
+    ) -> npt.NDArray[np.bool_]:
+        """Which of one series' builders of many symbols would take their slices closing nothing.
+
+        `update`'s common case, decided for all of them at once (all of this class).
+        Each slice is given by its earliest and latest time, its trade count and the session's
+        running sums after it (`ingest.pipeline.steady`).
+        """
+        raise NotImplementedError
+
+    def extend(
+        self, high: float, low: float, last: float, count: int, session_vwap: float | None
+    ) -> None:
+        """Trades that all belong to the open bar and close nothing: the common case.
+
+        `high` and `low` are their price range, `last` the last one's price. The caller has
+        set the session's running sums after them (`_s_end_v`, `_s_end_pv`) already.
+        """
+        self._h = max(self._h, high)
+        self._l = min(self._l, low)
+        self._c = last
+        self._n += count
+        self._sv = session_vwap
+
+    @staticmethod
+    def take_steady(
+        builders: Sequence[BarBuilder],
+        end_v: list[float],
+        end_pv: list[float],
+        high: list[float],
+        low: list[float],
+        last: list[float],
+        counts: list[int],
+        session_vwap: list[float | None],
+    ) -> None:
+        """`update` of each builder with a slice that `absorbs` said closes nothing.
+
+        The slices are given by their summaries: the session's running sums after each, and
+        what `extend` takes. One loop for all of them, without a call a builder.
+        """
+        for b, v, pv, h, lo, c, n, sv in zip(
+            builders, end_v, end_pv, high, low, last, counts, session_vwap, strict=True
+        ):
+            b._s_end_v = v
+            b._s_end_pv = pv
+            if h > b._h:  # max(b._h, h), as `extend`
+                b._h = h
+            if lo < b._l:
+                b._l = lo
+            b._c = c
+            b._n += n
+            b._sv = sv
+
     # --- corrections (rare: plain Python, never on the per-trade path) -------------------------
 
     def holds(self, seq: int, ts: int) -> bool:
@@ -292,6 +353,39 @@ class TimeBarBuilder(BarBuilder):
         self._seen = False
         return super().flush()
 
+    @staticmethod
+    def absorbs(
+        builders: Sequence[BarBuilder],
+        tmin: IntArray,
+        tmax: IntArray,
+        counts: IntArray,
+        end_v: FloatArray,
+        end_pv: FloatArray,
+    ) -> npt.NDArray[np.bool_]:
+        """`BarBuilder.absorbs`: the slices that fall into their open bucket, by their times."""
+        state = cast("list[tuple[bool, int]]", list(map(_TIME_STATE, builders)))
+        seen, bucket = (np.array(column) for column in zip(*state, strict=True))
+        width = cast("TimeBarBuilder", builders[0])._width
+        lo = bucket * width
+        absorbed: npt.NDArray[np.bool_] = seen & (tmin >= lo) & (tmax < lo + width)
+        return absorbed
+
+    @staticmethod
+    def take_steady(
+        builders: Sequence[BarBuilder],
+        end_v: list[float],
+        end_pv: list[float],
+        high: list[float],
+        low: list[float],
+        last: list[float],
+        counts: list[int],
+        session_vwap: list[float | None],
+    ) -> None:
+        """`BarBuilder.take_steady`: no trade of the slices was late."""
+        for builder in cast("Sequence[TimeBarBuilder]", builders):
+            builder.late_mask = None
+        BarBuilder.take_steady(builders, end_v, end_pv, high, low, last, counts, session_vwap)
+
     def _late_v(self) -> float:
         return self._lv
 
@@ -325,11 +419,7 @@ class TimeBarBuilder(BarBuilder):
         lo = self._bucket * self._width
         if self._seen and trades.tmin >= lo and trades.tmax < lo + self._width:
             # The common case: the whole slice falls into the open bucket.
-            self._h = max(self._h, trades.pmax)
-            self._l = min(self._l, trades.pmin)
-            self._c = trades.last_price
-            self._n += len(trades.ts)
-            self._sv = trades.sv_end
+            self.extend(trades.pmax, trades.pmin, trades.last_price, len(trades.ts), trades.sv_end)
             return _NONE
         return self._update_slow(trades, len(trades.ts))
 
@@ -397,6 +487,33 @@ class CountBarBuilder(BarBuilder):
         self._threshold = threshold
         self._ticks = int(threshold)
 
+    @staticmethod
+    def absorbs(
+        builders: Sequence[BarBuilder],
+        tmin: IntArray,
+        tmax: IntArray,
+        counts: IntArray,
+        end_v: FloatArray,
+        end_pv: FloatArray,
+    ) -> npt.NDArray[np.bool_]:
+        """`BarBuilder.absorbs`: the open bars that take their slices below the threshold."""
+        first = cast("CountBarBuilder", builders[0])
+        state = cast(
+            "list[tuple[bool, int, float, float, float, float]]",
+            list(map(_COUNT_STATE, builders)),
+        )
+        is_open, n, s0_v, s0_pv, base_v, base_pv = (
+            np.array(column) for column in zip(*state, strict=True)
+        )
+        if first._kind == "tick":
+            fills = n + counts >= first._ticks
+        elif first._kind == "volume":
+            fills = (end_v - s0_v) + base_v >= first._threshold
+        else:
+            fills = (end_pv - s0_pv) + base_pv >= first._threshold
+        absorbed: npt.NDArray[np.bool_] = is_open & ~fills
+        return absorbed
+
     def update(self, trades: TradeSlice) -> Sequence[Bar]:
         """Add a slice of trades; return the bars whose threshold they reached."""
         m = len(trades.ts)
@@ -410,11 +527,7 @@ class CountBarBuilder(BarBuilder):
             else:
                 fills = (trades.cpv[-1] - self._s0_pv) + self._base_pv >= self._threshold
             if not fills:  # the common case: the slice does not fill the open bar
-                self._h = max(self._h, trades.pmax)
-                self._l = min(self._l, trades.pmin)
-                self._c = trades.last_price
-                self._n += m
-                self._sv = trades.sv_end
+                self.extend(trades.pmax, trades.pmin, trades.last_price, m, trades.sv_end)
                 return _NONE
         closed: list[Bar] = []
         cv, cpv = trades.cv, trades.cpv
@@ -454,6 +567,10 @@ class CountBarBuilder(BarBuilder):
             sums, self._threshold, pos + 1, m + 1, key=lambda total: (total - s0) + base
         )
         return after - 1
+
+
+_TIME_STATE = attrgetter("_seen", "_bucket")
+_COUNT_STATE = attrgetter("_open", "_n", "_s0_v", "_s0_pv", "_base_v", "_base_pv")
 
 
 def create_builder(spec: BarSpec) -> TimeBarBuilder | CountBarBuilder:

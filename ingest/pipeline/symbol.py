@@ -15,13 +15,14 @@ from __future__ import annotations
 import itertools
 import operator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ingest.pipeline.anomaly import AnomalyDetector
-from ingest.pipeline.bars import Bar, TimeBarBuilder, TradeSlice, create_builder
+from ingest.pipeline.anomaly import Anomaly, AnomalyDetector
+from ingest.pipeline.bars import Bar, BarBuilder, TimeBarBuilder, TradeSlice, create_builder
 from ingest.pipeline.indicators import IndicatorState, indicator_columns
 
 if TYPE_CHECKING:
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["PipelineOutput", "RecentTrades", "SymbolPipeline", "indicator_columns"]
 
 Row = dict[str, Any]
+
+SESSION_STATE = attrgetter("_day", "_cv", "_cpv")
+"""What `ingest.pipeline.steady` reads of each pipeline: the session's day and running sums."""
 
 _DAY_NS = 86_400 * 1_000_000_000
 
@@ -118,6 +122,7 @@ class SymbolPipeline:
     __slots__ = (
         "_anomaly",
         "_anomaly_fixed",
+        "_builders",
         "_cpv",
         "_cv",
         "_day",
@@ -133,9 +138,8 @@ class SymbolPipeline:
     def __init__(self, symbol: str, settings: PipelineSettings) -> None:
         self.symbol = symbol
         self._series = [_Series(spec, settings) for spec in settings.bars]
-        self._time_builders = [
-            s.builder for s in self._series if isinstance(s.builder, TimeBarBuilder)
-        ]
+        self._builders: list[BarBuilder] = [s.builder for s in self._series]
+        self._time_builders = [b for b in self._builders if isinstance(b, TimeBarBuilder)]
         self._anomaly = AnomalyDetector(settings.anomaly)
         self._anomaly_fixed = {
             "method": settings.anomaly.method,
@@ -178,17 +182,56 @@ class SymbolPipeline:
                 closed.sort(key=lambda item: (item[1].seq, item[0]))
             out.bars = [self._row(self._series[i], bar, partial=False) for i, bar in closed]
         for anomaly in self._anomaly.detect(price):
-            out.anomalies.append(
-                {
-                    "symbol": self.symbol,
-                    "ts": int(ts[anomaly.index]),
-                    "price": anomaly.price,
-                    "zscore": anomaly.zscore,
-                    **self._anomaly_fixed,
-                }
-            )
+            out.anomalies.append(self.anomaly_row(int(ts[anomaly.index]), anomaly))
         self._seq += m
         return out
+
+    def anomaly_row(self, ts: int, anomaly: Anomaly) -> Row:
+        """The anomalies table's row of a flagged trade stamped `ts`."""
+        return {
+            "symbol": self.symbol,
+            "ts": ts,
+            "price": anomaly.price,
+            "zscore": anomaly.zscore,
+            **self._anomaly_fixed,
+        }
+
+    @property
+    def builders(self) -> list[BarBuilder]:
+        """The bar builders, in the configured order of the series."""
+        return self._builders
+
+    @property
+    def anomaly(self) -> AnomalyDetector:
+        """The tick anomaly detector."""
+        return self._anomaly
+
+    @staticmethod
+    def take_steady(
+        pipelines: Sequence[SymbolPipeline],
+        end_v: list[float],
+        end_pv: list[float],
+        high: list[float],
+        low: list[float],
+        last: list[float],
+        counts: list[int],
+    ) -> None:
+        """`on_trades` of batches that `ingest.pipeline.steady` found close nothing.
+
+        Each batch is given by its summary: the session's running sums after it, its price
+        range and last price. Its anomaly check is done there; this moves the session and every
+        open bar on, one loop a series for all the pipelines.
+        """
+        session_vwap = []
+        for p, v, pv, n in zip(pipelines, end_v, end_pv, counts, strict=True):
+            p._cv = v
+            p._cpv = pv
+            p._seq += n
+            session_vwap.append(_ratio(pv - p._epv, v - p._ev))
+        for series in zip(*(p._builders for p in pipelines), strict=True):
+            type(series[0]).take_steady(
+                series, end_v, end_pv, high, low, last, counts, session_vwap
+            )
 
     def warm_up(self, closes: Mapping[tuple[str, str], Sequence[float]]) -> int:
         """Feed each series the closes of its history (oldest first); how many series took some.
