@@ -35,6 +35,7 @@ __all__ = [
     "Bar",
     "BarBuilder",
     "CountBarBuilder",
+    "Slices",
     "TimeBarBuilder",
     "TradeSlice",
     "create_builder",
@@ -91,6 +92,40 @@ class TradeSlice:
             volume -= self.ev[i + 1]
             notional -= self.epv[i + 1]
         return notional / volume if volume > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class Slices:
+    """Many symbols' slices of trades, one entry a symbol, by their summaries.
+
+    What `BarBuilder.absorbs` and `BarBuilder.take_steady` decide and update from, for all of
+    one series' builders at once (`ingest.pipeline.steady`).
+    """
+
+    tmin: IntArray
+    tmax: IntArray
+    counts: IntArray
+    end_v: FloatArray
+    """The session's running volume after each slice."""
+    end_pv: FloatArray
+    """The session's running notional after each slice."""
+    high: FloatArray
+    low: FloatArray
+    last: FloatArray
+    """Each slice's last price."""
+
+    def take(self, which: npt.NDArray[np.intp]) -> Slices:
+        """These entries only."""
+        return Slices(
+            self.tmin[which],
+            self.tmax[which],
+            self.counts[which],
+            self.end_v[which],
+            self.end_pv[which],
+            self.high[which],
+            self.low[which],
+            self.last[which],
+        )
 
 
 @dataclass(slots=True)
@@ -163,19 +198,10 @@ class BarBuilder:
         raise NotImplementedError
 
     @staticmethod
-    def absorbs(
-        builders: Sequence[BarBuilder],
-        tmin: IntArray,
-        tmax: IntArray,
-        counts: IntArray,
-        end_v: FloatArray,
-        end_pv: FloatArray,
-    ) -> npt.NDArray[np.bool_]:
+    def absorbs(builders: Sequence[BarBuilder], slices: Slices) -> npt.NDArray[np.bool_]:
         """Which of one series' builders of many symbols would take their slices closing nothing.
 
         `update`'s common case, decided for all of them at once (all of this class).
-        Each slice is given by its earliest and latest time, its trade count and the session's
-        running sums after it (`ingest.pipeline.steady`).
         """
         raise NotImplementedError
 
@@ -195,22 +221,23 @@ class BarBuilder:
 
     @staticmethod
     def take_steady(
-        builders: Sequence[BarBuilder],
-        end_v: list[float],
-        end_pv: list[float],
-        high: list[float],
-        low: list[float],
-        last: list[float],
-        counts: list[int],
-        session_vwap: list[float | None],
+        builders: Sequence[BarBuilder], slices: Slices, session_vwap: list[float | None]
     ) -> None:
         """`update` of each builder with a slice that `absorbs` said closes nothing.
 
-        The slices are given by their summaries: the session's running sums after each, and
-        what `extend` takes. One loop for all of them, without a call a builder.
+        What `extend` does, in one loop for all of them, without a call a builder.
+        `session_vwap` is the session's VWAP after each slice.
         """
         for b, v, pv, h, lo, c, n, sv in zip(
-            builders, end_v, end_pv, high, low, last, counts, session_vwap, strict=True
+            builders,
+            slices.end_v.tolist(),
+            slices.end_pv.tolist(),
+            slices.high.tolist(),
+            slices.low.tolist(),
+            slices.last.tolist(),
+            slices.counts.tolist(),
+            session_vwap,
+            strict=True,
         ):
             b._s_end_v = v
             b._s_end_pv = pv
@@ -354,37 +381,23 @@ class TimeBarBuilder(BarBuilder):
         return super().flush()
 
     @staticmethod
-    def absorbs(
-        builders: Sequence[BarBuilder],
-        tmin: IntArray,
-        tmax: IntArray,
-        counts: IntArray,
-        end_v: FloatArray,
-        end_pv: FloatArray,
-    ) -> npt.NDArray[np.bool_]:
+    def absorbs(builders: Sequence[BarBuilder], slices: Slices) -> npt.NDArray[np.bool_]:
         """`BarBuilder.absorbs`: the slices that fall into their open bucket, by their times."""
         state = cast("list[tuple[bool, int]]", list(map(_TIME_STATE, builders)))
         seen, bucket = (np.array(column) for column in zip(*state, strict=True))
         width = cast("TimeBarBuilder", builders[0])._width
         lo = bucket * width
-        absorbed: npt.NDArray[np.bool_] = seen & (tmin >= lo) & (tmax < lo + width)
+        absorbed: npt.NDArray[np.bool_] = seen & (slices.tmin >= lo) & (slices.tmax < lo + width)
         return absorbed
 
     @staticmethod
     def take_steady(
-        builders: Sequence[BarBuilder],
-        end_v: list[float],
-        end_pv: list[float],
-        high: list[float],
-        low: list[float],
-        last: list[float],
-        counts: list[int],
-        session_vwap: list[float | None],
+        builders: Sequence[BarBuilder], slices: Slices, session_vwap: list[float | None]
     ) -> None:
         """`BarBuilder.take_steady`: no trade of the slices was late."""
         for builder in cast("Sequence[TimeBarBuilder]", builders):
             builder.late_mask = None
-        BarBuilder.take_steady(builders, end_v, end_pv, high, low, last, counts, session_vwap)
+        BarBuilder.take_steady(builders, slices, session_vwap)
 
     def _late_v(self) -> float:
         return self._lv
@@ -488,14 +501,7 @@ class CountBarBuilder(BarBuilder):
         self._ticks = int(threshold)
 
     @staticmethod
-    def absorbs(
-        builders: Sequence[BarBuilder],
-        tmin: IntArray,
-        tmax: IntArray,
-        counts: IntArray,
-        end_v: FloatArray,
-        end_pv: FloatArray,
-    ) -> npt.NDArray[np.bool_]:
+    def absorbs(builders: Sequence[BarBuilder], slices: Slices) -> npt.NDArray[np.bool_]:
         """`BarBuilder.absorbs`: the open bars that take their slices below the threshold."""
         first = cast("CountBarBuilder", builders[0])
         state = cast(
@@ -506,11 +512,11 @@ class CountBarBuilder(BarBuilder):
             np.array(column) for column in zip(*state, strict=True)
         )
         if first._kind == "tick":
-            fills = n + counts >= first._ticks
+            fills = n + slices.counts >= first._ticks
         elif first._kind == "volume":
-            fills = (end_v - s0_v) + base_v >= first._threshold
+            fills = (slices.end_v - s0_v) + base_v >= first._threshold
         else:
-            fills = (end_pv - s0_pv) + base_pv >= first._threshold
+            fills = (slices.end_pv - s0_pv) + base_pv >= first._threshold
         absorbed: npt.NDArray[np.bool_] = is_open & ~fills
         return absorbed
 

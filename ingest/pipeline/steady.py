@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ingest.pipeline.bars import Slices
 from ingest.pipeline.symbol import SESSION_STATE
 
 if TYPE_CHECKING:
@@ -86,9 +87,19 @@ def take_steady(
     end_v = np.add.accumulate(volume, axis=1)[:, -1]
     end_pv = np.add.accumulate(notional, axis=1)[:, -1]
 
+    slices = Slices(
+        tmin,
+        tmax,
+        counts,
+        end_v,
+        end_pv,
+        high=np.maximum.reduceat(price, starts),
+        low=np.minimum.reduceat(price, starts),
+        last=price[ends - 1],
+    )
     builders = list(map(_BUILDERS, pipelines))
     for series in zip(*builders, strict=True):
-        steady &= type(series[0]).absorbs(series, tmin, tmax, counts, end_v, end_pv)
+        steady &= type(series[0]).absorbs(series, slices)
     detectors = list(map(_DETECTOR, pipelines))
     window = detectors[0].window
     recents = list(map(_RECENT, detectors))
@@ -124,13 +135,5 @@ def take_steady(
     picked = chosen.tolist()
     for i, k in enumerate(picked):
         detectors[k].slide(kept[i])
-    type(pipelines[0]).take_steady(
-        [pipelines[k] for k in picked],
-        end_v[chosen].tolist(),
-        end_pv[chosen].tolist(),
-        np.maximum.reduceat(price, starts)[chosen].tolist(),
-        np.minimum.reduceat(price, starts)[chosen].tolist(),
-        price[ends[chosen] - 1].tolist(),
-        counts[chosen].tolist(),
-    )
+    type(pipelines[0]).take_steady([pipelines[k] for k in picked], slices.take(chosen))
     return out

@@ -22,7 +22,14 @@ import numpy as np
 import numpy.typing as npt
 
 from ingest.pipeline.anomaly import Anomaly, AnomalyDetector
-from ingest.pipeline.bars import Bar, BarBuilder, TimeBarBuilder, TradeSlice, create_builder
+from ingest.pipeline.bars import (
+    Bar,
+    BarBuilder,
+    Slices,
+    TimeBarBuilder,
+    TradeSlice,
+    create_builder,
+)
 from ingest.pipeline.indicators import IndicatorState, indicator_columns
 
 if TYPE_CHECKING:
@@ -207,31 +214,25 @@ class SymbolPipeline:
         return self._anomaly
 
     @staticmethod
-    def take_steady(
-        pipelines: Sequence[SymbolPipeline],
-        end_v: list[float],
-        end_pv: list[float],
-        high: list[float],
-        low: list[float],
-        last: list[float],
-        counts: list[int],
-    ) -> None:
+    def take_steady(pipelines: Sequence[SymbolPipeline], slices: Slices) -> None:
         """`on_trades` of batches that `ingest.pipeline.steady` found close nothing.
 
-        Each batch is given by its summary: the session's running sums after it, its price
-        range and last price. Its anomaly check is done there; this moves the session and every
-        open bar on, one loop a series for all the pipelines.
+        Each batch is given by its summary (`Slices`). Its anomaly check is done there; this
+        moves the session and every open bar on, one loop a series for all the pipelines.
         """
         session_vwap = []
-        for p, v, pv, n in zip(pipelines, end_v, end_pv, counts, strict=True):
+        volume, notional, counts = (
+            slices.end_v.tolist(),
+            slices.end_pv.tolist(),
+            slices.counts.tolist(),
+        )
+        for p, v, pv, n in zip(pipelines, volume, notional, counts, strict=True):
             p._cv = v
             p._cpv = pv
             p._seq += n
             session_vwap.append(_ratio(pv - p._epv, v - p._ev))
         for series in zip(*(p._builders for p in pipelines), strict=True):
-            type(series[0]).take_steady(
-                series, end_v, end_pv, high, low, last, counts, session_vwap
-            )
+            type(series[0]).take_steady(series, slices, session_vwap)
 
     def warm_up(self, closes: Mapping[tuple[str, str], Sequence[float]]) -> int:
         """Feed each series the closes of its history (oldest first); how many series took some.
