@@ -62,7 +62,8 @@ def take_steady(
     """Take every batch that closes nothing; leave the rest untouched.
 
     The batches are consecutive in `ts`, `price` and `size`, `counts[k]` trades (at least one)
-    for `pipelines[k]`, each in arrival order. All pipelines share one configuration.
+    for `pipelines[k]`, each in arrival order. All pipelines share one configuration. No state
+    changes until everything is computed: if this raises, every pipeline is as it was.
     """
     k_all = len(pipelines)
     starts = np.cumsum(counts) - counts
