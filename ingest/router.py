@@ -342,12 +342,14 @@ class StreamRouter:
                 continue
             taken.add(symbol)
             waited.append(now - self._account(symbol, batch))
-            self.symbols[symbol].last_event_ns = batch.newest_ts
-            memory = self._memories.get(symbol)
-            if memory is not None and batch.to_remember is not None:
-                memory.remember(pipeline.trades_seen - len(batch.price), batch.to_remember)
-            self._metrics.latency.observe(
-                (now - batch.newest_ts) / 1e9, self.stream, count=len(batch.price)
+            count = len(batch.price)
+            self._fed(
+                symbol,
+                self._memories.get(symbol),
+                pipeline.trades_seen - count,
+                batch.to_remember,
+                batch.newest_ts,
+                count,
             )
             if k in steady.anomalies:
                 anomalies[symbol] = steady.anomalies[k]
@@ -584,15 +586,31 @@ class StreamRouter:
         they are remembered; `recv_ns` is the last one's receipt.
         """
         ts, price, size = columns
-        state = self.symbols[symbol]
-        state.last_event_ns = newest_ts
+        first = pipeline.trades_seen
+        output = pipeline.on_trades(ts, price, size)
+        self._fed(symbol, memory, first, to_remember, newest_ts, len(ts))
+        await self._emit(output, recv_ns)
+
+    def _fed(
+        self,
+        symbol: str,
+        memory: TradeMemory | None,
+        first: int,
+        to_remember: npt.NDArray[np.void] | None,
+        newest_ts: int,
+        count: int,
+    ) -> None:
+        """Trades that went through the pipeline, by either path: remember them, note their lag.
+
+        `count` trades numbered from `first`; remembered for corrections (stocks), their newest
+        event time noted for `/status` and how far behind it they are observed.
+        """
         if memory is not None:
             assert to_remember is not None, "remembered trades need their records"
-            memory.remember(pipeline.trades_seen, to_remember)
-        output = pipeline.on_trades(ts, price, size)
-        lag = (time.time_ns() - state.last_event_ns) / 1e9
-        self._metrics.latency.observe(lag, self.stream, count=len(ts))
-        await self._emit(output, recv_ns)
+            memory.remember(first, to_remember)
+        self.symbols[symbol].last_event_ns = newest_ts
+        lag = (time.time_ns() - newest_ts) / 1e9
+        self._metrics.latency.observe(lag, self.stream, count=count)
 
     async def _correct_in_order(
         self,
