@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ingest.metrics import Metrics
-    from ingest.pipeline.symbol import Row
     from ingest.warmup import Warmup
     from storage.quarantine import Quarantine
     from streams.base import Frame
@@ -268,7 +267,7 @@ class StreamRouter:
         """
         flush = build_batches(pending, self._bulk_converters(pending), keyed=self._remembers_trades)
         batches = flush.batches
-        steady, anomalies = self._take_steady(batches)
+        steady, outputs = self._take_steady(batches)
         for handed in self._handed:
             earlier = handed()
             if earlier is not None and not earlier.taken:
@@ -287,22 +286,21 @@ class StreamRouter:
             await self._dataset.writer(self.stream, table).put_table(rows, oldest_ns)
         for symbol, batch in batches.items():
             if symbol in steady:
-                if symbol in anomalies:
-                    output = PipelineOutput(anomalies=anomalies[symbol])
-                    await self._emit(output, batch.tables[TRADES].last().recv_ns)
+                if symbol in outputs:
+                    await self._emit(outputs[symbol], batch.tables[TRADES].last().recv_ns)
                 self._inflight[symbol].pop()  # its only entry: its task was idle
             else:
                 await self._hand_over(symbol, batch)
 
     def _take_steady(
         self, batches: dict[str, SymbolBatch]
-    ) -> tuple[set[str], dict[str, list[Row]]]:
-        """Run the flush's small batches that close nothing together (`ingest.pipeline.steady`).
+    ) -> tuple[set[str], dict[str, PipelineOutput]]:
+        """Run the flush's small batches together where they can be (`ingest.pipeline.steady`).
 
         Offered: a symbol's batch of trades alone, already written in bulk, while its task is
-        idle (nothing of it in flight) and its pipeline the standard one. What is taken is
-        accounted for here as its task would (`_account`); returns the symbols taken and the
-        anomaly rows of their batches, for the caller to write.
+        idle (nothing of it in flight) and its pipeline the standard one. What is taken is run
+        and accounted for here as its task would (`_account`, `_fed`); returns the symbols taken
+        and the rows their batches produced, for the caller to write.
         """
         offered: list[tuple[str, SymbolBatch, SymbolPipeline]] = []
         for symbol, batch in batches.items():
@@ -333,8 +331,20 @@ class StreamRouter:
             # Nothing was changed: every batch goes to its task, which runs the same steps.
             log.exception("steady_path_failed")
             return set(), {}
+        outputs: dict[str, PipelineOutput] = {}
+        failed: set[int] = set()
+        for k in steady.closing:  # their bars, each by its own builders
+            symbol, batch, pipeline = offered[k]
+            try:
+                ts = cast("npt.NDArray[np.int64]", batch.ts)
+                bars = pipeline.bars_of(ts, batch.price, batch.size)
+            except Exception:
+                self._symbol_failed(symbol)
+                failed.add(k)
+                continue
+            if bars:
+                outputs[symbol] = PipelineOutput(bars=bars)
         taken: set[str] = set()
-        anomalies: dict[str, list[Row]] = {}
         now = time.time_ns()
         waited: list[int] = []
         for k, (symbol, batch, pipeline) in enumerate(offered):
@@ -342,6 +352,8 @@ class StreamRouter:
                 continue
             taken.add(symbol)
             waited.append(now - self._account(symbol, batch))
+            if k in failed:
+                continue
             count = len(batch.price)
             self._fed(
                 symbol,
@@ -352,9 +364,9 @@ class StreamRouter:
                 count,
             )
             if k in steady.anomalies:
-                anomalies[symbol] = steady.anomalies[k]
+                outputs.setdefault(symbol, PipelineOutput()).anomalies = steady.anomalies[k]
         self._metrics.pipeline_latency.observe_many(np.array(waited) / 1e9, self.stream)
-        return taken, anomalies
+        return taken, outputs
 
     def _bulk_converters(self, pending: dict[str, Arrivals]) -> dict[str, MarketConverter]:
         """The tables of this flush the router converts and writes in bulk.
@@ -448,8 +460,7 @@ class StreamRouter:
             history = self.warmup.pop(symbol, None)
             if history:
                 pipeline.warm_up(history)
-            memory = self._memory()
-            self._pipelines[symbol], self._memories[symbol] = pipeline, memory
+            self._pipelines[symbol], self._memories[symbol] = pipeline, self._memory()
             inflight = self._inflight[symbol]
             while (waiting := await inbox.take_all()) is not None:
                 for each in waiting:
@@ -459,18 +470,15 @@ class StreamRouter:
                 for later in waiting[1:]:
                     batch.absorb(later)
                 try:
-                    await self._process(symbol, pipeline, batch, memory)
+                    await self._process(
+                        symbol, self._pipelines[symbol], batch, self._memories[symbol]
+                    )
                 except Exception:
-                    # Supervisor boundary: one symbol's bug must not stop its siblings.
-                    log.exception("symbol_task_failed")
-                    self._metrics.symbol_failures.inc(self.stream)
-                    self.symbols[symbol].failures += 1
-                    pipeline = self._factory(symbol, self._settings.pipeline)
-                    memory = self._memory()
-                    self._pipelines[symbol], self._memories[symbol] = pipeline, memory
+                    self._symbol_failed(symbol)
                 finally:
                     for _ in waiting:
                         inflight.popleft()
+            pipeline = self._pipelines[symbol]
             with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
                 try:
                     # Stamped just after the symbol's last frame, not with the wall clock, so a
@@ -480,6 +488,18 @@ class StreamRouter:
                 except Exception:
                     log.exception("symbol_flush_failed")
                     self._metrics.symbol_failures.inc(self.stream)
+
+    def _symbol_failed(self, symbol: str) -> None:
+        """Supervisor boundary: one symbol's bug must not stop its siblings.
+
+        Called while handling the exception, by the symbol's task or by the flush's steady step.
+        The symbol goes on from a fresh pipeline and trade memory.
+        """
+        log.exception("symbol_task_failed", stream=self.stream, symbol=symbol)
+        self._metrics.symbol_failures.inc(self.stream)
+        self.symbols[symbol].failures += 1
+        self._pipelines[symbol] = self._factory(symbol, self._settings.pipeline)
+        self._memories[symbol] = self._memory()
 
     @property
     def _remembers_trades(self) -> bool:

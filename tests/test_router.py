@@ -1,7 +1,8 @@
-"""The router's flush grows with its symbol tasks; small batches that close nothing go together."""
+"""The router's flush grows with its symbol tasks; small batches of idle symbols go together."""
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ import pytest
 from ingest import router as router_module
 from ingest.config import settings_from_mapping
 from ingest.metrics import Metrics
-from ingest.pipeline import indicator_columns
+from ingest.pipeline import SymbolPipeline, indicator_columns
 from ingest.pipeline.steady import Steady, take_steady
 from ingest.router import BATCH_MESSAGES, BATCH_PER_SYMBOL, StreamRouter, pending_limit
 from storage.parquet import open_dataset
@@ -59,31 +60,36 @@ def _stamp(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
 
 
-def _trickle() -> list[list[AnyMessage]]:
-    """One trade a frame over two symbols, a price spike among them, then a correction."""
+SMALL_BARS = ["time:1s", "tick:7", "volume:20", "dollar:1500"]
+"""Bars that close every few trades of the trickle (stamped 25 ms apart)."""
+
+
+def _trickle(step_ns: int) -> list[list[AnyMessage]]:
+    """One trade a frame over two symbols, `step_ns` apart, a price spike, then a correction."""
     frames: list[list[AnyMessage]] = []
     prices = {"AAA": 100.0, "BBB": 50.0}
     for i in range(160):
         symbol = "AAA" if i % 2 else "BBB"
         prices[symbol] += 0.01 * ((i * 7) % 5 - 2)
         price = prices[symbol] * (1.3 if i == 121 else 1.0)
-        stamp = _stamp(START_NS + i * 1_000_000)
+        stamp = _stamp(START_NS + i * step_ns)
         frames.append([StockTrade(S=symbol, t=stamp, i=i, x="V", p=price, s=1.0 + i % 3)])
     fixed = Correction(
-        S="AAA", t=_stamp(START_NS + 170_000_000), x="V", oi=101, op=0.0, os=0.0, ci=999,
+        S="AAA", t=_stamp(START_NS + 170 * step_ns), x="V", oi=101, op=0.0, os=0.0, ci=999,
         cp=101.0, cs=4.0,
     )  # fmt: skip
     return [*frames, [fixed]]
 
 
-async def _run_trickle(root: Path) -> StreamRouter:
-    settings = settings_from_mapping(
-        {
-            "ingest": {"data_dir": str(root), "streams": ["stocks"]},
-            "streams": {"stocks": {"symbols": ["AAA", "BBB"]}},
-            "server": {"listen": ""},
-        }
-    )
+async def _run_trickle(root: Path, bars: list[str] | None) -> StreamRouter:
+    config: dict[str, Any] = {
+        "ingest": {"data_dir": str(root), "streams": ["stocks"]},
+        "streams": {"stocks": {"symbols": ["AAA", "BBB"]}},
+        "server": {"listen": ""},
+    }
+    if bars is not None:
+        config["pipeline"] = {"bars": bars}
+    settings = settings_from_mapping(config)
     async with open_dataset(
         root,
         settings.storage,
@@ -94,7 +100,7 @@ async def _run_trickle(root: Path) -> StreamRouter:
         router = StreamRouter("stocks", settings, dataset, Quarantine(root, "t"), Metrics())
         async with anyio.create_task_group() as group:
             await group.start(router.run)
-            for messages in _trickle():
+            for messages in _trickle(1_000_000 if bars is None else 25_000_000):
                 recv_ns = time.time_ns()
                 for message in messages:
                     message.recv_ns = recv_ns
@@ -111,24 +117,31 @@ BAR_COLUMNS = (
 )
 
 
+@pytest.mark.parametrize("bars", [None, SMALL_BARS], ids=["default bars", "small bars"])
 def test_trickled_trades_take_the_steady_path_with_the_same_results(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bars: list[str] | None
 ) -> None:
     """Batches taken together leave what their symbol tasks would: rows, counts, corrections."""
     taken: list[int] = []
+    closing: list[int] = []
 
     def counting(*args: Any) -> Steady:
         steady = take_steady(*args)
         taken.append(sum(steady.taken))
+        closing.append(len(steady.closing))
         return steady
 
     monkeypatch.setattr(router_module, "take_steady", counting)
-    steady = anyio.run(_run_trickle, tmp_path / "steady")
+    steady = anyio.run(_run_trickle, tmp_path / "steady", bars)
     monkeypatch.setattr(router_module, "STEADY_MAX", 0)  # nothing offered: every batch a task's
-    alone = anyio.run(_run_trickle, tmp_path / "alone")
+    alone = anyio.run(_run_trickle, tmp_path / "alone", bars)
     # The first trades fill each symbol's anomaly window in its task; most of the rest are taken.
     assert sum(taken) > 100
     assert len(taken) < 170  # and none was offered in the second run
+    if bars is None:
+        assert sum(closing) == 0
+    else:  # closing bars in the flush, by the symbol's own builders
+        assert sum(closing) > 30
 
     for router in (steady, alone):
         assert {s: state.messages for s, state in router.symbols.items()} == {
@@ -144,7 +157,41 @@ def test_trickled_trades_take_the_steady_path_with_the_same_results(
         got = query(tmp_path / "steady", "stocks", table, sql)
         assert got == query(tmp_path / "alone", "stocks", table, sql), table
         assert got, table
-    # The corrected trade was remembered on the steady path: every open bar was restated.
-    assert query(tmp_path / "steady", "stocks", "corrections", "select applied from t") == [
-        ("open_bar",)
-    ]
+    if bars is None:
+        # The corrected trade was remembered on the steady path: every open bar was restated.
+        assert query(tmp_path / "steady", "stocks", "corrections", "select applied from t") == [
+            ("open_bar",)
+        ]
+    else:
+        closed = query(tmp_path / "steady", "stocks", "bars", "select count(*) from t")
+        assert closed[0][0] > 40
+
+
+def test_a_symbol_failing_in_the_steady_step_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bar computation that raises in the flush is that symbol's failure, as in its task."""
+    anyio.run(_run_trickle, tmp_path / "clean", SMALL_BARS)
+    bars_of = SymbolPipeline.bars_of
+    failed: list[int] = []
+
+    def failing(self: SymbolPipeline, *columns: Any) -> Any:
+        in_flush = sys._getframe(1).f_code.co_name == "_take_steady"
+        if self.symbol == "AAA" and in_flush and self.trades_seen >= 40 and not failed:
+            failed.append(self.trades_seen)
+            raise RuntimeError("injected")
+        return bars_of(self, *columns)
+
+    monkeypatch.setattr(SymbolPipeline, "bars_of", failing)
+    router = anyio.run(_run_trickle, tmp_path / "failing", SMALL_BARS)
+    assert failed
+    assert {s: state.failures for s, state in router.symbols.items()} == {"AAA": 1, "BBB": 0}
+    assert {s: state.messages for s, state in router.symbols.items()} == {"AAA": 81, "BBB": 80}
+    sql = f"select {BAR_COLUMNS} from t where symbol = 'BBB' order by bar_type, ts"
+    assert query(tmp_path / "failing", "stocks", "bars", sql) == query(
+        tmp_path / "clean", "stocks", "bars", sql
+    )
+    # AAA goes on from a fresh pipeline: bars close after the failure too.
+    later = START_NS + 2 * failed[0] * 25_000_000 + 500_000_000
+    sql = f"select count(*) from t where symbol = 'AAA' and not partial and epoch_ns(ts) > {later}"
+    assert query(tmp_path / "failing", "stocks", "bars", sql)[0][0] > 3

@@ -1,12 +1,13 @@
-"""Many symbols' small batches in one vector step, when none of them closes a bar.
+"""Many symbols' small batches in one vector step: the anomaly check, and bars that stay open.
 
 At a trickle a flush brings each of hundreds of symbols a trade or two, and one symbol's pipeline
 call costs about the same whatever its size (~20 us warm, more with its state out of cache): the
-latency of a paced run is that fixed cost times the symbols of a flush. Most such batches change
-nothing but the session's running sums, each open bar's range, close and count, and the anomaly
-window: no bar closes, no session starts, no trade is late. `take_steady` finds those among a
-flush's batches with a few numpy calls over arrays of every symbol's state, checks their trades
-for anomalies together, and moves each one's state on from a summary of its batch. The others
+latency of a paced run is that fixed cost times the symbols of a flush. `take_steady` takes a
+flush's batches that stay in their session (no new UTC day, no trade of an earlier one) once the
+anomaly window is full. Their trades are checked for anomalies together, with a few numpy calls
+over every symbol's window. Most of them also close no bar and have no late trade: those move on
+from a summary of their batch, one loop a series for all of them. The few that close a bar go
+through their own bar builders (`SymbolPipeline.bars_of`), which the caller runs. The others
 are left as they were, for `SymbolPipeline.on_trades`.
 
 Both ways give the same state and the same rows, bit for bit: the running sums are added one
@@ -48,6 +49,9 @@ class Steady:
 
     taken: list[bool]
     """Per pipeline: its batch was taken (else it is untouched, for `on_trades`)."""
+    closing: list[int] = field(default_factory=list)
+    """Pipelines taken (by position) whose batch closes a bar or has a late trade: its anomaly
+    check is done, its bars are not; the caller runs the batch through `bars_of`."""
     anomalies: dict[int, list[Row]] = field(default_factory=dict)
     """Per pipeline taken (by position), the anomaly rows of its batch, when it has any."""
 
@@ -59,11 +63,13 @@ def take_steady(
     size: npt.NDArray[np.float64],
     counts: npt.NDArray[np.intp],
 ) -> Steady:
-    """Take every batch that closes nothing; leave the rest untouched.
+    """Take every batch that stays in its session once the anomaly window is full.
 
     The batches are consecutive in `ts`, `price` and `size`, `counts[k]` trades (at least one)
     for `pipelines[k]`, each in arrival order. All pipelines share one configuration. No state
-    changes until everything is computed: if this raises, every pipeline is as it was.
+    changes until everything is computed: if this raises, every pipeline is as it was. Batches
+    listed in `Steady.closing` are taken but for their bars: the caller must run each through
+    its pipeline's `bars_of` before anything else reaches that pipeline.
     """
     k_all = len(pipelines)
     starts = np.cumsum(counts) - counts
@@ -98,13 +104,14 @@ def take_steady(
         low=np.minimum.reduceat(price, starts),
         last=price[ends - 1],
     )
-    builders = list(map(_BUILDERS, pipelines))
-    for series in zip(*builders, strict=True):
-        steady &= type(series[0]).absorbs(series, slices)
     detectors = list(map(_DETECTOR, pipelines))
     window = detectors[0].window
     recents = list(map(_RECENT, detectors))
     steady &= np.fromiter(map(len, recents), np.intp, k_all) == window
+    absorbed = steady.copy()
+    builders = list(map(_BUILDERS, pipelines))
+    for series in zip(*builders, strict=True):
+        absorbed &= type(series[0]).absorbs(series, slices)
 
     taken = steady.tolist()
     out = Steady(taken)
@@ -133,8 +140,10 @@ def take_steady(
             row = pipelines[k].anomaly_row(int(stamps[hit.index]), hit)
             out.anomalies.setdefault(k, []).append(row)
 
-    picked = chosen.tolist()
-    for i, k in enumerate(picked):
+    for i, k in enumerate(chosen.tolist()):
         detectors[k].slide(kept[i])
-    type(pipelines[0]).take_steady([pipelines[k] for k in picked], slices.take(chosen))
+    out.closing = np.flatnonzero(steady & ~absorbed).tolist()
+    moved = np.flatnonzero(absorbed)
+    if len(moved):
+        type(pipelines[0]).take_steady([pipelines[k] for k in moved.tolist()], slices.take(moved))
     return out

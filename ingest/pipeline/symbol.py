@@ -171,9 +171,24 @@ class SymbolPipeline:
     ) -> PipelineOutput:
         """Feed a batch of one symbol's trades, in arrival order."""
         out = PipelineOutput()
-        m = len(ts)
-        if m == 0:
+        if len(ts) == 0:
             return out
+        out.bars = self.bars_of(ts, price, size)
+        for anomaly in self._anomaly.detect(price):
+            out.anomalies.append(self.anomaly_row(int(ts[anomaly.index]), anomaly))
+        return out
+
+    def bars_of(
+        self,
+        ts: npt.NDArray[np.int64],
+        price: npt.NDArray[np.float64],
+        size: npt.NDArray[np.float64],
+    ) -> list[Row]:
+        """`on_trades` of a non-empty batch but for its anomaly check: the bars it closes.
+
+        For `ingest.pipeline.steady`, which checks many symbols' trades for anomalies at once.
+        """
+        m = len(ts)
         if m <= SCALAR_MAX:
             stamps = ts.tolist()
             tmin, tmax = min(stamps), max(stamps)
@@ -184,14 +199,12 @@ class SymbolPipeline:
             closed = self._run_slice(ts, price, size, tmin, tmax, 0, None)
         else:
             closed = self._run_sessions(ts, price, size)
-        if closed:
-            if len(closed) > 1:
-                closed.sort(key=lambda item: (item[1].seq, item[0]))
-            out.bars = [self._row(self._series[i], bar, partial=False) for i, bar in closed]
-        for anomaly in self._anomaly.detect(price):
-            out.anomalies.append(self.anomaly_row(int(ts[anomaly.index]), anomaly))
         self._seq += m
-        return out
+        if not closed:
+            return []
+        if len(closed) > 1:
+            closed.sort(key=lambda item: (item[1].seq, item[0]))
+        return [self._row(self._series[i], bar, partial=False) for i, bar in closed]
 
     def anomaly_row(self, ts: int, anomaly: Anomaly) -> Row:
         """The anomalies table's row of a flagged trade stamped `ts`."""
