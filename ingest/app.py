@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ingest.config import Settings, StreamName
+    from storage.journal import SegmentWriter
     from streams.base import Frame, FrameSink, Source
 
 __all__ = ["RunResult", "run_daemon"]
@@ -87,6 +88,148 @@ class RunResult:
     """Messages dropped because the dataset already held them."""
 
 
+@dataclass(slots=True)
+class _Run:
+    """What every part of one run shares: its settings, identity and outlets."""
+
+    settings: Settings
+    source: Source
+    metrics: Metrics
+    notifier: Notifier
+    state: DaemonState
+    quarantine: Quarantine
+    writer_id: str
+    metadata: dict[str, str]
+    indicators: tuple[str, ...]
+    pipeline_factory: PipelineFactory
+    on_bar: BarListener | None
+    """Told about every closed bar of the live run (not of a recovery replay)."""
+
+    def router(self, stream: StreamName, dataset: Dataset, *, live: bool = True) -> StreamRouter:
+        """A stream's router writing to `dataset`; `live`: its bars go to the listeners."""
+        return StreamRouter(
+            stream,
+            self.settings,
+            dataset,
+            self.quarantine,
+            self.metrics,
+            pipeline_factory=self.pipeline_factory,
+            on_bar=self.on_bar if live else None,
+        )
+
+    def dedup_filter(self) -> DedupFilter:
+        """A filter that drops what the dataset already holds (seeded by the caller)."""
+        settings = self.settings
+        time_bars = [b.size for b in settings.pipeline.bars if b.kind == "time"]
+        return DedupFilter(
+            settings.storage.dedup_horizon,
+            self.indicators,
+            derived_window_seconds=max(time_bars, default=0.0),
+            metrics=self.metrics,
+        )
+
+    async def recover(self) -> int:
+        """Replay the journal segments an unclean stop left behind; the frames replayed."""
+        derived = self.dedup_filter()
+        root = self.settings.ingest.data_dir
+        await anyio.to_thread.run_sync(derived.seed, root, STREAMS, DERIVED_TABLES)
+        return await recover_journal(
+            self.settings,
+            writer_id=self.writer_id,
+            prefix=writer_prefix(self.settings.ingest.shard),
+            metadata=self.metadata,
+            indicator_columns=self.indicators,
+            metrics=self.metrics,
+            make_router=functools.partial(self.router, live=False),
+            admission=derived.admission,
+        )
+
+    def intakes(
+        self,
+        routers: Mapping[StreamName, StreamRouter],
+        dataset: Dataset,
+        journals: Mapping[StreamName, SegmentWriter],
+        dedup: DedupFilter,
+    ) -> dict[StreamName, StreamIntake]:
+        """Each stream's way in: de-duplicate, journal, deliver to its router."""
+        intakes = {
+            stream: StreamIntake(
+                stream,
+                router.deliver,
+                journal=journals.get(stream),
+                dedup=dedup,
+                settings=self.settings.storage,
+                metrics=self.metrics,
+                unsealed=functools.partial(_unsealed, router, dataset, stream),
+                scale=router.flush_scale,
+            )
+            for stream, router in routers.items()
+        }
+        dataset.on_sealed = lambda stream: intakes[stream].notify_sealed()
+        dataset.before_seal = lambda stream: intakes[stream].journaled()
+        return intakes
+
+    async def prepare_routers(
+        self,
+        routers: Mapping[StreamName, StreamRouter],
+        intakes: Mapping[StreamName, StreamIntake],
+        dataset: Dataset,
+    ) -> None:
+        """What the routers start from: back-fill bookkeeping, each symbol's warm-up closes."""
+        settings, source = self.settings, self.source
+        if isinstance(source, SupportsLedger):
+            ledger = DaemonLedger(settings, routers, intakes, dataset, self.indicators)
+            await anyio.to_thread.run_sync(
+                ledger.seed,
+                settings.ingest.data_dir,
+                settings.ingest.streams,
+                settings.alpaca.backfill_max_gap,
+            )
+            source.ledger = ledger
+        history = source if isinstance(source, SupportsBarHistory) else None
+        for stream, router in routers.items():
+            symbols = settings.streams[stream].symbols
+            router.warmup = await load_warmup(settings, stream, symbols, history)
+
+    async def run_streams(
+        self,
+        routers: Mapping[StreamName, StreamRouter],
+        intakes: Mapping[StreamName, StreamIntake],
+        dataset: Dataset,
+        stop: anyio.Event,
+        ready: Callable[[], None],
+        *,
+        progress_seconds: float,
+        sample_seconds: float,
+    ) -> None:
+        """Routers, intakes and the source until the source stops; then drain in that order."""
+        metrics, notifier = self.metrics, self.notifier
+        async with anyio.create_task_group() as stream_groups:
+            for router in routers.values():
+                await stream_groups.start(router.run)
+            stream_groups.start_soon(
+                _sample_queues, routers, intakes, dataset, metrics, stop, sample_seconds
+            )
+            stream_groups.start_soon(
+                _report_progress, routers, metrics, self.state, notifier, stop, progress_seconds
+            )
+            async with anyio.create_task_group() as intake_group:
+                for intake in intakes.values():
+                    await intake_group.start(intake.run)
+                sinks: Mapping[StreamName, FrameSink] = {
+                    s: _timed(i.put, metrics, s) for s, i in intakes.items()
+                }
+                await _run_source(self.source, sinks, stop, ready)
+                self.state.stopping = True
+                notifier.stopping()
+                log.info("source_stopped", source=self.source.name)
+                for intake in intakes.values():
+                    intake.close()
+            for router in routers.values():
+                router.close()
+            stop.set()
+
+
 async def run_daemon(
     settings: Settings,
     source: Source,
@@ -112,6 +255,8 @@ async def run_daemon(
     notifier = notifier or Notifier(None)
     state = DaemonState(settings, metrics, source.name)
     hub = LiveHub(metrics)
+    streams = settings.ingest.streams
+    root = settings.ingest.data_dir
 
     def publish(stream: StreamName, bar: dict[str, Any]) -> None:
         hub.publish(stream, bar)
@@ -125,39 +270,29 @@ async def run_daemon(
         if on_ready is not None:
             on_ready(state)
 
-    streams = settings.ingest.streams
     writer_id = make_writer_id(settings.ingest.shard)
-    started = time.monotonic()
-    metadata = {
-        "ingest.version": __version__,
-        "ingest.source": source.name,
-        "ingest.simulated": "true" if source.name == "sim" else "false",
-        "ingest.writer_id": writer_id,
-    }
-    root = settings.ingest.data_dir
-    quarantine = Quarantine(root, writer_id)
-    indicators = indicator_columns(settings.pipeline)
-    log.info("daemon_started", source=source.name, streams=list(streams), data_dir=str(root))
-
-    def make_router(stream: StreamName, dataset: Dataset) -> StreamRouter:
-        return StreamRouter(
-            stream,
-            settings,
-            dataset,
-            quarantine,
-            metrics,
-            pipeline_factory=pipeline_factory,
-            on_bar=publish,
-        )
-
-    recovered = 0
-    longest_bar = max((b.size for b in settings.pipeline.bars if b.kind == "time"), default=0.0)
-    dedup = DedupFilter(
-        settings.storage.dedup_horizon,
-        indicators,
-        derived_window_seconds=longest_bar,
-        metrics=metrics,
+    run = _Run(
+        settings,
+        source,
+        metrics,
+        notifier,
+        state,
+        Quarantine(root, writer_id),
+        writer_id,
+        metadata={
+            "ingest.version": __version__,
+            "ingest.source": source.name,
+            "ingest.simulated": "true" if source.name == "sim" else "false",
+            "ingest.writer_id": writer_id,
+        },
+        indicators=indicator_columns(settings.pipeline),
+        pipeline_factory=pipeline_factory,
+        on_bar=publish,
     )
+    started = time.monotonic()
+    log.info("daemon_started", source=source.name, streams=list(streams), data_dir=str(root))
+    recovered = 0
+    dedup = run.dedup_filter()
     with daemon_collector():
         async with anyio.create_task_group() as root_group:
             await root_group.start(run_watchdog, notifier, state.alive)
@@ -168,30 +303,7 @@ async def run_daemon(
                 root_group.start_soon(_stop_after, stop, duration)
             await anyio.to_thread.run_sync(_prepare_storage, settings)
             if settings.storage.journal:
-                derived = DedupFilter(
-                    settings.storage.dedup_horizon,
-                    indicators,
-                    derived_window_seconds=longest_bar,
-                    metrics=metrics,
-                )
-                await anyio.to_thread.run_sync(derived.seed, root, STREAMS, DERIVED_TABLES)
-                recovered = await recover_journal(
-                    settings,
-                    writer_id=writer_id,
-                    prefix=writer_prefix(settings.ingest.shard),
-                    metadata=metadata,
-                    indicator_columns=indicators,
-                    metrics=metrics,
-                    make_router=lambda stream, dataset: StreamRouter(
-                        stream,
-                        settings,
-                        dataset,
-                        quarantine,
-                        metrics,
-                        pipeline_factory=pipeline_factory,
-                    ),
-                    admission=derived.admission,
-                )
+                recovered = await run.recover()
             await anyio.to_thread.run_sync(dedup.seed, root, streams)
             journals = {
                 stream: create_segment_writer(settings, writer_id, stream)
@@ -204,74 +316,32 @@ async def run_daemon(
                     root,
                     settings.storage,
                     writer_id=writer_id,
-                    metadata=metadata,
-                    indicator_columns=indicators,
+                    metadata=run.metadata,
+                    indicator_columns=run.indicators,
                     metrics=metrics,
                     admission=dedup.admission,
-                    on_refused=quarantine_refused(quarantine, metrics),
+                    on_refused=quarantine_refused(run.quarantine, metrics),
                 ) as dataset:
-                    routers = {stream: make_router(stream, dataset) for stream in streams}
-                    intakes = {
-                        stream: StreamIntake(
-                            stream,
-                            router.deliver,
-                            journal=journals.get(stream),
-                            dedup=dedup,
-                            settings=settings.storage,
-                            metrics=metrics,
-                            unsealed=functools.partial(_unsealed, router, dataset, stream),
-                            scale=router.flush_scale,
-                        )
-                        for stream, router in routers.items()
-                    }
-                    dataset.on_sealed = lambda stream: intakes[stream].notify_sealed()
-                    dataset.before_seal = lambda stream: intakes[stream].journaled()
+                    routers = {stream: run.router(stream, dataset) for stream in streams}
+                    intakes = run.intakes(routers, dataset, journals, dedup)
                     state.attach(routers)
-                    if isinstance(source, SupportsLedger):
-                        ledger = DaemonLedger(settings, routers, intakes, dataset, indicators)
-                        await anyio.to_thread.run_sync(
-                            ledger.seed, root, streams, settings.alpaca.backfill_max_gap
-                        )
-                        source.ledger = ledger
-                    history = source if isinstance(source, SupportsBarHistory) else None
-                    for stream, router in routers.items():
-                        symbols = settings.streams[stream].symbols
-                        router.warmup = await load_warmup(settings, stream, symbols, history)
-                    async with anyio.create_task_group() as stream_groups:
-                        for router in routers.values():
-                            await stream_groups.start(router.run)
-                        stream_groups.start_soon(
-                            _sample_queues, routers, intakes, dataset, metrics, stop, sample_seconds
-                        )
-                        stream_groups.start_soon(
-                            _report_progress,
-                            routers,
-                            metrics,
-                            state,
-                            notifier,
-                            stop,
-                            progress_seconds,
-                        )
-                        async with anyio.create_task_group() as intake_group:
-                            for intake in intakes.values():
-                                await intake_group.start(intake.run)
-                            sinks: Mapping[StreamName, FrameSink] = {
-                                s: _timed(i.put, metrics, s) for s, i in intakes.items()
-                            }
-                            await _run_source(source, sinks, stop, ready)
-                            state.stopping = True
-                            notifier.stopping()
-                            log.info("source_stopped", source=source.name)
-                            for intake in intakes.values():
-                                intake.close()
-                        for router in routers.values():
-                            router.close()
-                        stop.set()
+                    await run.prepare_routers(routers, intakes, dataset)
+                    await run.run_streams(
+                        routers,
+                        intakes,
+                        dataset,
+                        stop,
+                        ready,
+                        progress_seconds=progress_seconds,
+                        sample_seconds=sample_seconds,
+                    )
             finally:
                 with anyio.move_on_after(SEAL_GRACE_SECONDS, shield=True):
                     await close_journals(intakes, journals)
             root_group.cancel_scope.cancel()  # the timers and signal watcher are done
-    result = _result(settings, writer_id, dataset, metrics, quarantine, time.monotonic() - started)
+    result = _result(
+        settings, writer_id, dataset, metrics, run.quarantine, time.monotonic() - started
+    )
     result.recovered_frames = recovered
     result.duplicates = int(sum(metrics.deduplicated.values.values()))
     log.info(
