@@ -15,10 +15,10 @@ takes its columns, and records only where it needs them (a table the router did 
 correction applied in arrival order).
 
 It also converts whole market tables of the flush (trades, quotes...) to Arrow in one go, for
-the table writers: the symbol column comes from the grouping's codes, the trades' times, prices
-and sizes from the arrays above, so the rows are never gathered a second time. A table whose
-records do not convert (an unparseable time) is left to the symbol tasks, which write it record
-by record and let the writer refuse the bad ones.
+the table writers: the symbol column comes from the grouping's codes, the receive times and the
+trades' times, prices and sizes from the arrays above, so no field is gathered a second time. A
+table whose records do not convert (an unparseable time) is left to the symbol tasks, which
+write it record by record and let the writer refuse the bad ones.
 """
 
 from __future__ import annotations
@@ -299,7 +299,11 @@ def build_batches(
         trades = _TradeColumns.of(records, keyed=keyed) if table == TRADES else None
         converter = (converters or {}).get(table)
         if converter is not None and (trades is None or trades.ts is not None):
-            known = {"symbol": groups.symbols, **(trades.known() if trades is not None else {})}
+            known = {
+                "symbol": groups.symbols,
+                "recv_ts": recv,
+                **(trades.known() if trades is not None else {}),
+            }
             try:
                 bulk[table] = (converter.with_columns(records, known), int(recv.min()))
             except CONVERSION_ERRORS:
