@@ -331,19 +331,7 @@ class StreamRouter:
             # Nothing was changed: every batch goes to its task, which runs the same steps.
             log.exception("steady_path_failed")
             return set(), {}
-        outputs: dict[str, PipelineOutput] = {}
-        failed: set[int] = set()
-        for k in steady.closing:  # their bars, each by its own builders
-            symbol, batch, pipeline = offered[k]
-            try:
-                ts = cast("npt.NDArray[np.int64]", batch.ts)
-                bars = pipeline.bars_of(ts, batch.price, batch.size)
-            except Exception:
-                self._symbol_failed(symbol)
-                failed.add(k)
-                continue
-            if bars:
-                outputs[symbol] = PipelineOutput(bars=bars)
+        outputs, failed = self._closing_bars([offered[k] for k in steady.closing])
         taken: set[str] = set()
         now = time.time_ns()
         waited: list[int] = []
@@ -352,7 +340,7 @@ class StreamRouter:
                 continue
             taken.add(symbol)
             waited.append(now - self._account(symbol, batch))
-            if k in failed:
+            if symbol in failed:
                 continue
             count = len(batch.price)
             self._fed(
@@ -367,6 +355,28 @@ class StreamRouter:
                 outputs.setdefault(symbol, PipelineOutput()).anomalies = steady.anomalies[k]
         self._metrics.pipeline_latency.observe_many(np.array(waited) / 1e9, self.stream)
         return taken, outputs
+
+    def _closing_bars(
+        self, closing: list[tuple[str, SymbolBatch, SymbolPipeline]]
+    ) -> tuple[dict[str, PipelineOutput], set[str]]:
+        """The bars of steady batches that close one, each by its symbol's own builders.
+
+        Returns the rows per symbol, and the symbols that failed (each restarted as its task
+        would restart it).
+        """
+        outputs: dict[str, PipelineOutput] = {}
+        failed: set[str] = set()
+        for symbol, batch, pipeline in closing:
+            try:
+                ts = cast("npt.NDArray[np.int64]", batch.ts)
+                bars = pipeline.bars_of(ts, batch.price, batch.size)
+            except Exception:
+                self._symbol_failed(symbol)
+                failed.add(symbol)
+                continue
+            if bars:
+                outputs[symbol] = PipelineOutput(bars=bars)
+        return outputs, failed
 
     def _bulk_converters(self, pending: dict[str, Arrivals]) -> dict[str, MarketConverter]:
         """The tables of this flush the router converts and writes in bulk.

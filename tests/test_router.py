@@ -176,7 +176,7 @@ def test_a_symbol_failing_in_the_steady_step_fails_alone(
     failed: list[int] = []
 
     def failing(self: SymbolPipeline, *columns: Any) -> Any:
-        in_flush = sys._getframe(1).f_code.co_name == "_take_steady"
+        in_flush = sys._getframe(1).f_code.co_name == "_closing_bars"
         if self.symbol == "AAA" and in_flush and self.trades_seen >= 40 and not failed:
             failed.append(self.trades_seen)
             raise RuntimeError("injected")
