@@ -1,9 +1,11 @@
 """What a symbol task receives: one symbol's records of a flush, by table, trades as columns.
 
 The router keeps a flush's records as they arrived, one list per table with each record's symbol
-beside it (`Arrivals`), and builds every symbol's batch from those once per flush, so the work
+beside it (`Arrivals`), and groups them by symbol once per flush (`group_flush`), so the work
 that is cheap in bulk and dear per call -- parsing the trades' RFC 3339 timestamps, gathering
 prices and sizes into arrays -- runs once over thousands of trades rather than once per symbol.
+Symbols' batches are then built from the groups only for the symbols that need one: the trades
+the router's steady step takes are read from the flush's columns directly (`TradeRuns`).
 
 Every pass over the records reads them in arrival order, the order the decoder allocated them
 in, so the reads walk memory forwards. Grouped by symbol first, each pass jumped about the ~20 MB
@@ -35,7 +37,7 @@ from storage.refusals import CONVERSION_ERRORS
 from storage.schemas import parse_timestamps
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Collection, Mapping, Sequence
 
     import numpy.typing as npt
 
@@ -43,7 +45,16 @@ if TYPE_CHECKING:
     from storage.schemas import MarketConverter
     from streams.messages import AnyMessage, StockTrade
 
-__all__ = ["Arrivals", "Flush", "Rows", "SymbolBatch", "build_batches"]
+__all__ = [
+    "Arrivals",
+    "Flush",
+    "Grouped",
+    "Rows",
+    "SymbolBatch",
+    "TradeRuns",
+    "build_batches",
+    "group_flush",
+]
 
 TRADES: Final = "trades"
 _NO_INTS: Final = np.empty(0, np.int64)
@@ -199,15 +210,6 @@ def _epoch_ns(trades: Sequence[AnyMessage]) -> npt.NDArray[np.int64]:
 
 
 @dataclass(slots=True)
-class Flush:
-    """A flush's batches per symbol, and the tables converted in bulk for the writers."""
-
-    batches: dict[str, SymbolBatch]
-    tables: dict[str, tuple[pa.Table, int]]
-    """Table name: (its rows of the whole flush, the oldest receive time among them)."""
-
-
-@dataclass(slots=True)
 class _Grouping:
     """A table's rows by symbol: a stable sort of their symbol codes, and each symbol's run."""
 
@@ -275,20 +277,154 @@ class _TradeColumns:
         )
 
 
-def build_batches(
+@dataclass(slots=True)
+class Flush:
+    """A flush's batches per symbol, and the tables converted in bulk for the writers."""
+
+    batches: dict[str, SymbolBatch]
+    tables: dict[str, tuple[pa.Table, int]]
+    """Table name: (its rows of the whole flush, the oldest receive time among them)."""
+
+
+@dataclass(slots=True)
+class _TableRuns:
+    """One table's records of a flush, grouped by symbol, with what every batch takes of them."""
+
+    records: list[AnyMessage]
+    groups: _Grouping
+    recv: npt.NDArray[np.int64]
+    """Receive times in symbol order."""
+    oldest: list[int]
+    newest: list[int]
+    columns: _TradeColumns | None
+    """The trades' columns in symbol order (trades only)."""
+    newest_ts: list[int] | None
+    remembered: npt.NDArray[np.void] | None
+    written: bool
+    """Converted in bulk for the writers."""
+
+
+@dataclass(slots=True)
+class TradeRuns:
+    """A flush's trades by symbol, each symbol's a run of consecutive positions in the columns.
+
+    For the router's steady step (`ingest.pipeline.steady`), which takes many symbols' trades
+    at once and never needs one symbol's batch as an object.
+    """
+
+    names: list[str]
+    starts: npt.NDArray[np.intp]
+    ends: npt.NDArray[np.intp]
+    ts: npt.NDArray[np.int64]
+    price: npt.NDArray[np.float64]
+    size: npt.NDArray[np.float64]
+    to_remember: npt.NDArray[np.void] | None
+    """The trades' memory records (`trade_records`), when stock trades are remembered."""
+    oldest_recv: npt.NDArray[np.int64]
+    newest_recv: npt.NDArray[np.int64]
+    last_recv: npt.NDArray[np.int64]
+    """Each run's last trade's receive time."""
+    newest_ts: npt.NDArray[np.int64]
+    last_positions: npt.NDArray[np.intp]
+    """Where each run's last trade is in `records`."""
+    records: list[AnyMessage]
+
+    @property
+    def counts(self) -> npt.NDArray[np.intp]:
+        """Trades in each run."""
+        return self.ends - self.starts
+
+
+@dataclass(slots=True)
+class Grouped:
+    """A flush's records grouped by symbol, per table, and its tables converted in bulk.
+
+    Symbols' batches are built only when asked for (`batches`): a symbol whose trades the
+    router's steady step takes needs none.
+    """
+
+    runs: dict[str, _TableRuns]
+    tables: dict[str, tuple[pa.Table, int]]
+    """Table name: (its rows of the whole flush, the oldest receive time among them)."""
+    keyed: bool
+
+    def trade_runs(self) -> TradeRuns | None:
+        """The trades by symbol, if they parsed; None without trades or if some did not."""
+        trades = self.runs.get(TRADES)
+        columns = None if trades is None else trades.columns
+        if trades is None or columns is None or columns.ts is None:
+            return None
+        assert trades.newest_ts is not None
+        groups = trades.groups
+        ends = np.array(groups.ends, np.intp)
+        return TradeRuns(
+            groups.names,
+            np.array(groups.starts, np.intp),
+            ends,
+            columns.ts,
+            columns.price,
+            columns.size,
+            trades.remembered,
+            np.array(trades.oldest, np.int64),
+            np.array(trades.newest, np.int64),
+            trades.recv[ends - 1],
+            np.array(trades.newest_ts, np.int64),
+            groups.order[ends - 1],
+            trades.records,
+        )
+
+    def symbols_besides(self, table: str) -> set[str]:
+        """Symbols with records of any other table in the flush."""
+        return {name for t, runs in self.runs.items() if t != table for name in runs.groups.names}
+
+    def batches(self, skip: Collection[str] = ()) -> dict[str, SymbolBatch]:
+        """Every symbol's batch but those in `skip` (whose records the caller took otherwise)."""
+        batches: dict[str, SymbolBatch] = {}
+        keyed = self.keyed
+        for table, runs in self.runs.items():
+            records, groups, columns = runs.records, runs.groups, runs.columns
+            for k, symbol in enumerate(groups.names):
+                if symbol in skip:
+                    continue
+                start, end = groups.starts[k], groups.ends[k]
+                batch = batches.get(symbol)
+                if batch is None:
+                    batch = batches[symbol] = SymbolBatch.empty(keyed=keyed)
+                rows = Rows(
+                    [(records, groups.order[start:end])],
+                    end - start,
+                    runs.oldest[k],
+                    runs.newest[k],
+                )
+                batch.tables[table] = rows
+                if not runs.written:
+                    batch.unwritten[table] = rows
+                if columns is not None:
+                    part = slice(start, end)
+                    batch.ts = None if columns.ts is None else columns.ts[part]
+                    batch.price = columns.price[part]
+                    batch.size = columns.size[part]
+                    if runs.newest_ts is not None:
+                        batch.newest_ts = runs.newest_ts[k]
+                    if runs.remembered is not None:
+                        batch.to_remember = runs.remembered[part]
+        return batches
+
+
+def group_flush(
     pending: Mapping[str, Arrivals],
     converters: Mapping[str, MarketConverter] | None = None,
     *,
     keyed: bool = False,
-) -> Flush:
-    """Every symbol's batch of a flush (`pending`: table to arrivals), in bulk (see the module).
+) -> Grouped:
+    """A flush (`pending`: table to arrivals) grouped by symbol, in bulk (see the module).
 
     Tables with a converter in `converters` are also converted to Arrow for the writers, except
     trades whose times did not all parse. `keyed` (stock trades remembered for corrections): the
     trades' ids and exchange codes are gathered too, for the symbols' trade memories and the
     bulk `trade_id` column.
     """
-    batches: dict[str, SymbolBatch] = {}
+    runs: dict[str, _TableRuns] = {}
     bulk: dict[str, tuple[pa.Table, int]] = {}
     for table, arrivals in pending.items():
         records = arrivals.records
@@ -309,8 +445,6 @@ def build_batches(
             except CONVERSION_ERRORS:
                 pass  # the symbol tasks write these records; the writer refuses the bad ones
         by_symbol = recv[groups.order]
-        oldest = np.minimum.reduceat(by_symbol, groups.starts).tolist()
-        newest = np.maximum.reduceat(by_symbol, groups.starts).tolist()
         columns = None if trades is None else trades.sorted(groups.order)
         newest_ts: list[int] | None = None
         remembered = None
@@ -318,22 +452,26 @@ def build_batches(
             newest_ts = np.maximum.reduceat(columns.ts, groups.starts).tolist()
             if columns.keys is not None:
                 remembered = trade_records(columns.keys, columns.ts, columns.price, columns.size)
-        for k, symbol in enumerate(groups.names):
-            start, end = groups.starts[k], groups.ends[k]
-            batch = batches.get(symbol)
-            if batch is None:
-                batch = batches[symbol] = SymbolBatch.empty(keyed=keyed)
-            rows = Rows([(records, groups.order[start:end])], end - start, oldest[k], newest[k])
-            batch.tables[table] = rows
-            if table not in bulk:
-                batch.unwritten[table] = rows
-            if columns is not None:
-                part = slice(start, end)
-                batch.ts = None if columns.ts is None else columns.ts[part]
-                batch.price = columns.price[part]
-                batch.size = columns.size[part]
-                if newest_ts is not None:
-                    batch.newest_ts = newest_ts[k]
-                if remembered is not None:
-                    batch.to_remember = remembered[part]
-    return Flush(batches, bulk)
+        runs[table] = _TableRuns(
+            records,
+            groups,
+            by_symbol,
+            np.minimum.reduceat(by_symbol, groups.starts).tolist(),
+            np.maximum.reduceat(by_symbol, groups.starts).tolist(),
+            columns,
+            newest_ts,
+            remembered,
+            table in bulk,
+        )
+    return Grouped(runs, bulk, keyed)
+
+
+def build_batches(
+    pending: Mapping[str, Arrivals],
+    converters: Mapping[str, MarketConverter] | None = None,
+    *,
+    keyed: bool = False,
+) -> Flush:
+    """Every symbol's batch of a flush, and its tables converted in bulk (`group_flush`)."""
+    grouped = group_flush(pending, converters, keyed=keyed)
+    return Flush(grouped.batches(), grouped.tables)

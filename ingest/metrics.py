@@ -168,8 +168,13 @@ class Histogram:
             lower = bound
         return self.maxima[labels]
 
-    def observe_many(self, values: npt.NDArray[np.float64], *labels: str) -> None:
-        """Record every value of an array (one bucket search for all of them)."""
+    def observe_many(
+        self,
+        values: npt.NDArray[np.float64],
+        *labels: str,
+        counts: npt.NDArray[np.intp] | None = None,
+    ) -> None:
+        """Record every value of an array, `counts[i]` times each if given (one bucket search)."""
         if not len(values):
             return
         slots = self.counts.get(labels)
@@ -177,9 +182,10 @@ class Histogram:
             slots = self.counts[labels] = [0] * (len(self.buckets) + 1)
             self.sums[labels] = 0.0
         found = np.searchsorted(np.asarray(self.buckets), values, side="left")
-        for index, n in enumerate(np.bincount(found, minlength=len(slots)).tolist()):
+        tally = np.bincount(found, counts, minlength=len(slots))
+        for index, n in enumerate(tally.astype(np.int64).tolist()):
             slots[index] += n
-        self.sums[labels] += float(values.sum())
+        self.sums[labels] += float(values.sum() if counts is None else values @ counts)
         top = float(values.max())
         if top > self.maxima.get(labels, -math.inf):
             self.maxima[labels] = top

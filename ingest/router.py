@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
-from ingest.batch import TRADES, Arrivals, Rows, SymbolBatch, build_batches
+from ingest.batch import TRADES, Arrivals, Grouped, Rows, SymbolBatch, TradeRuns, group_flush
 from ingest.config import PipelineSettings, Settings, StreamName
 from ingest.corrections import TradeMemory, apply_correction, trade_keys, trade_records
 from ingest.inbox import Inbox
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from ingest.metrics import Metrics
+    from ingest.pipeline.symbol import Row
     from ingest.warmup import Warmup
     from storage.quarantine import Quarantine
     from streams.base import Frame
@@ -115,6 +116,16 @@ class SymbolState:
     """Per table, the newest event time taken, as it came: where a back-fill starts."""
 
 
+@dataclass(slots=True)
+class _Taken:
+    """What the flush's steady step took: the symbols, the rows to write, the oldest receipt."""
+
+    symbols: set[str] = field(default_factory=set)
+    outputs: list[tuple[PipelineOutput, int]] = field(default_factory=list)
+    """Each taken symbol's rows, if any, and its last trade's receipt (their `recv_ts`)."""
+    oldest_recv_ns: int | None = None
+
+
 def _later(stamp: Stamp, than: Stamp | None) -> bool:
     """Whether `stamp` is after `than`; stamps of one kind compare as they are."""
     if than is None:
@@ -158,6 +169,9 @@ class StreamRouter:
         """Per symbol, the oldest receive time of each batch handed over but not yet processed."""
         self._pending_since: int | None = None
         """Receive time of the oldest frame in the pending batches (None when there are none)."""
+        self._steady_since: int | None = None
+        """Receive time of the oldest trade the flush's steady step took, until its rows are
+        written (None otherwise)."""
         self._group: anyio.abc.TaskGroup | None = None
         self._closed = False
         self._pending: dict[str, Arrivals] = {}
@@ -211,11 +225,9 @@ class StreamRouter:
 
     def oldest_inflight_ns(self) -> int | None:
         """Receive time of the oldest frame some symbol task has not yet handed to the writers."""
-        queued = min((q[0] for q in self._inflight.values() if q), default=None)
-        pending = self._pending_since
-        if queued is None or (pending is not None and pending < queued):
-            return pending
-        return queued
+        stamps = [q[0] for q in self._inflight.values() if q]
+        stamps += [t for t in (self._pending_since, self._steady_since) if t is not None]
+        return min(stamps, default=None)
 
     def _spawn(self, symbol: str) -> Inbox[SymbolBatch]:
         assert self._group is not None, "StreamRouter.run must be started first"
@@ -265,118 +277,156 @@ class StreamRouter:
 
         Nothing of the flush outlives it here but the batches in the symbol tasks' inboxes.
         """
-        flush = build_batches(pending, self._bulk_converters(pending), keyed=self._remembers_trades)
-        batches = flush.batches
-        steady, outputs = self._take_steady(batches)
+        grouped = group_flush(pending, self._bulk_converters(pending), keyed=self._remembers_trades)
+        steady = self._take_steady(grouped)
+        batches = grouped.batches(skip=steady.symbols)
         for handed in self._handed:
             earlier = handed()
             if earlier is not None and not earlier.taken:
                 earlier.detach()  # its task is behind: let the earlier flush's records go
-        self._handed = [weakref.ref(b) for s, b in batches.items() if s not in steady]
+        self._handed = [weakref.ref(b) for b in batches.values()]
         # Every batch is in flight before the first hand-over can wait: what has not reached
-        # the writers stays visible to journal-segment deletion and to back-fill settling.
+        # the writers stays visible to journal-segment deletion and to back-fill settling. The
+        # steady step's rows are, until they are written.
         for symbol, batch in batches.items():
             if symbol not in self._inboxes:
                 self._spawn(symbol)
             self._inflight[symbol].append(batch.oldest_recv_ns())
+        self._steady_since = steady.oldest_recv_ns
         self._pending_since = None
         self._room.set()
         self._room = anyio.Event()
-        for table, (rows, oldest_ns) in flush.tables.items():
+        for table, (rows, oldest_ns) in grouped.tables.items():
             await self._dataset.writer(self.stream, table).put_table(rows, oldest_ns)
+        await self._emit_many(steady.outputs)
+        self._steady_since = None
         for symbol, batch in batches.items():
-            if symbol in steady:
-                if symbol in outputs:
-                    await self._emit(outputs[symbol], batch.tables[TRADES].last().recv_ns)
-                self._inflight[symbol].pop()  # its only entry: its task was idle
-            else:
-                await self._hand_over(symbol, batch)
+            await self._hand_over(symbol, batch)
 
-    def _take_steady(
-        self, batches: dict[str, SymbolBatch]
-    ) -> tuple[set[str], dict[str, PipelineOutput]]:
+    def _take_steady(self, grouped: Grouped) -> _Taken:
         """Run the flush's small batches together where they can be (`ingest.pipeline.steady`).
 
-        Offered: a symbol's batch of trades alone, already written in bulk, while its task is
-        idle (nothing of it in flight) and its pipeline the standard one. What is taken is run
-        and accounted for here as its task would (`_account`, `_fed`); returns the symbols taken
-        and the rows their batches produced, for the caller to write.
+        Offered: a symbol's trades alone, already written in bulk, while its task is idle
+        (nothing of it in flight) and its pipeline the standard one. What is taken is run and
+        accounted for here as its task would (`_account`, `_fed`), for all the symbols at once,
+        and needs no batch of its own; the rows it produced are for the caller to write.
         """
-        offered: list[tuple[str, SymbolBatch, SymbolPipeline]] = []
-        for symbol, batch in batches.items():
+        runs = grouped.trade_runs()
+        if runs is None or TRADES not in grouped.tables:
+            return _Taken()
+        besides = grouped.symbols_besides(TRADES)
+        counts = runs.counts
+        offered: list[int] = []
+        pipelines: list[SymbolPipeline] = []
+        for k in np.flatnonzero(counts <= STEADY_MAX).tolist():
+            symbol = runs.names[k]
             pipeline = self._pipelines.get(symbol)
-            ts = batch.ts
             if (
                 pipeline is not None
                 and type(pipeline) is SymbolPipeline
-                and ts is not None
-                and 0 < len(ts) <= STEADY_MAX
-                and not batch.unwritten
-                and len(batch.tables) == 1
                 and not self._inflight[symbol]
+                and symbol not in besides
             ):
-                offered.append((symbol, batch, pipeline))
+                offered.append(k)
+                pipelines.append(pipeline)
         if not offered:
-            return set(), {}
-        parts = [batch for _, batch, _ in offered]
+            return _Taken()
+        which = np.array(offered, np.intp)
+        ts, price, size = runs.ts, runs.price, runs.size
+        if len(offered) < len(runs.names):
+            chosen = np.zeros(len(runs.names), np.bool_)
+            chosen[which] = True
+            trades = np.repeat(chosen, counts)
+            ts, price, size = ts[trades], price[trades], size[trades]
         try:
-            steady = take_steady(
-                [pipeline for _, _, pipeline in offered],
-                np.concatenate([cast("npt.NDArray[np.int64]", b.ts) for b in parts]),
-                np.concatenate([b.price for b in parts]),
-                np.concatenate([b.size for b in parts]),
-                np.fromiter(map(len, (b.price for b in parts)), np.intp, len(parts)),
-            )
+            steady = take_steady(pipelines, ts, price, size, counts[which])
         except Exception:
             # Nothing was changed: every batch goes to its task, which runs the same steps.
             log.exception("steady_path_failed")
-            return set(), {}
-        outputs, failed = self._closing_bars([offered[k] for k in steady.closing])
-        taken: set[str] = set()
+            return _Taken()
+        bars, failed = self._closing_bars(
+            runs, [(offered[i], pipelines[i]) for i in steady.closing]
+        )
+        taken = np.flatnonzero(steady.taken)
+        if not len(taken):
+            return _Taken()
+        out = self._account_steady(runs, which[taken], failed)
+        for i in taken.tolist():
+            k = offered[i]
+            anomalies = steady.anomalies.get(i)
+            if k in bars or anomalies:
+                output = PipelineOutput(bars=bars.get(k, []), anomalies=anomalies or [])
+                out.outputs.append((output, int(runs.last_recv[k])))
+        return out
+
+    def _account_steady(
+        self, runs: TradeRuns, taken: npt.NDArray[np.intp], failed: set[int]
+    ) -> _Taken:
+        """`_account` and `_fed` of the runs taken by the steady step, in bulk where they can be.
+
+        A run whose bars failed (`failed`) is counted but not fed, as in its task.
+        """
+        counts = runs.counts[taken]
         now = time.time_ns()
-        waited: list[int] = []
-        for k, (symbol, batch, pipeline) in enumerate(offered):
-            if not steady.taken[k]:
+        self._metrics.messages.inc(self.stream, TRADES, amount=int(counts.sum()))
+        waited = (now - runs.oldest_recv[taken]) / 1e9
+        self._metrics.pipeline_latency.observe_many(waited, self.stream)
+        fed = [k not in failed for k in taken.tolist()] if failed else None
+        lags = (now - runs.newest_ts[taken]) / 1e9
+        if fed is not None:
+            lags, counts_fed = lags[fed], counts[fed]
+        else:
+            counts_fed = counts
+        self._metrics.latency.observe_many(lags, self.stream, counts=counts_fed)
+        out = _Taken(oldest_recv_ns=int(runs.oldest_recv[taken].min()))
+        records, last, to_remember = runs.records, runs.last_positions, runs.to_remember
+        for k, n, newest, newest_ts in zip(
+            taken.tolist(),
+            counts.tolist(),
+            runs.newest_recv[taken].tolist(),
+            runs.newest_ts[taken].tolist(),
+            strict=True,
+        ):
+            symbol = runs.names[k]
+            out.symbols.add(symbol)
+            state = self.symbols[symbol]
+            state.messages += n
+            state.last_recv_ns = newest
+            stamp = _T(records[last[k]])
+            if _later(stamp, state.seen.get(TRADES)):
+                state.seen[TRADES] = stamp
+            if k in failed:
                 continue
-            taken.add(symbol)
-            waited.append(now - self._account(symbol, batch))
-            if symbol in failed:
-                continue
-            count = len(batch.price)
-            self._fed(
-                symbol,
-                self._memories.get(symbol),
-                pipeline.trades_seen - count,
-                batch.to_remember,
-                batch.newest_ts,
-                count,
-            )
-            if k in steady.anomalies:
-                outputs.setdefault(symbol, PipelineOutput()).anomalies = steady.anomalies[k]
-        self._metrics.pipeline_latency.observe_many(np.array(waited) / 1e9, self.stream)
-        return taken, outputs
+            state.last_event_ns = newest_ts
+            memory = self._memories.get(symbol)
+            if memory is not None:
+                assert to_remember is not None, "remembered trades need their records"
+                start = int(runs.starts[k])
+                first = self._pipelines[symbol].trades_seen - n
+                memory.remember(first, to_remember[start : start + n])
+        return out
 
     def _closing_bars(
-        self, closing: list[tuple[str, SymbolBatch, SymbolPipeline]]
-    ) -> tuple[dict[str, PipelineOutput], set[str]]:
-        """The bars of steady batches that close one, each by its symbol's own builders.
+        self, runs: TradeRuns, closing: list[tuple[int, SymbolPipeline]]
+    ) -> tuple[dict[int, list[Row]], set[int]]:
+        """The bars of steady runs that close one, each by its symbol's own builders.
 
-        Returns the rows per symbol, and the symbols that failed (each restarted as its task
+        Returns the rows per run, and the runs that failed (each symbol restarted as its task
         would restart it).
         """
-        outputs: dict[str, PipelineOutput] = {}
-        failed: set[str] = set()
-        for symbol, batch, pipeline in closing:
+        bars: dict[int, list[Row]] = {}
+        failed: set[int] = set()
+        for k, pipeline in closing:
+            part = slice(int(runs.starts[k]), int(runs.ends[k]))
             try:
-                ts = cast("npt.NDArray[np.int64]", batch.ts)
-                bars = pipeline.bars_of(ts, batch.price, batch.size)
+                rows = pipeline.bars_of(runs.ts[part], runs.price[part], runs.size[part])
             except Exception:
-                self._symbol_failed(symbol)
-                failed.add(symbol)
+                self._symbol_failed(runs.names[k])
+                failed.add(k)
                 continue
-            if bars:
-                outputs[symbol] = PipelineOutput(bars=bars)
-        return outputs, failed
+            if rows:
+                bars[k] = rows
+        return bars, failed
 
     def _bulk_converters(self, pending: dict[str, Arrivals]) -> dict[str, MarketConverter]:
         """The tables of this flush the router converts and writes in bulk.
@@ -669,13 +719,22 @@ class StreamRouter:
         await self._feed(symbol, pipeline, memory, pending)
 
     async def _emit(self, output: PipelineOutput, recv_ns: int) -> None:
-        if output.bars:
+        await self._emit_many([(output, recv_ns)])
+
+    async def _emit_many(self, outputs: list[tuple[PipelineOutput, int]]) -> None:
+        """Write pipeline rows, each call's stamped with its last trade's receipt; a put a table."""
+        bars: list[Row] = []
+        anomalies: list[Row] = []
+        for output, recv_ns in outputs:
             for bar in output.bars:
                 bar["recv_ts"] = recv_ns
                 if self._on_bar is not None:
                     self._on_bar(self.stream, bar)
-            await self._dataset.writer(self.stream, "bars").put(output.bars)
-        if output.anomalies:
+            bars += output.bars
             for row in output.anomalies:
                 row["recv_ts"] = recv_ns
-            await self._dataset.writer(self.stream, "anomalies").put(output.anomalies)
+            anomalies += output.anomalies
+        if bars:
+            await self._dataset.writer(self.stream, "bars").put(bars)
+        if anomalies:
+            await self._dataset.writer(self.stream, "anomalies").put(anomalies)

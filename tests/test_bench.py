@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingest.app import run_daemon
-from ingest.batch import Arrivals, build_batches
+from ingest.batch import Arrivals, build_batches, group_flush
 from ingest.bench.stages import BenchSource, saturated_batches
 from ingest.bench.workload import START_NS, make_workload
 from ingest.cli import main
@@ -212,6 +212,36 @@ class TestBuildBatches:
         assert batches["B"].tables["quotes"].records() == [quote]
         assert len(batches["B"].price) == 0
 
+    def test_trade_runs_are_the_batches_columns_and_skipped_symbols_get_none(self) -> None:
+        """The steady step reads the flush's runs; the symbols it takes get no batch."""
+        trades = [
+            _trade(s, f"2024-07-01T14:30:0{n}Z", float(n), recv_ns=100 + n, i=n)
+            for n, s in enumerate("BABCB")
+        ]
+        quote = StockQuote(S="C", t="2024-07-01T14:30:00Z", bp=1.0, bs=1.0, ap=2.0, as_=1.0)
+        grouped = group_flush(_arrived(*trades, quote), keyed=True)
+        runs = grouped.trade_runs()
+        assert runs is not None
+        everyone = grouped.batches()
+        assert runs.names == ["B", "A", "C"]  # in order of first arrival
+        assert runs.counts.tolist() == [3, 1, 1]
+        for k, name in enumerate(runs.names):
+            batch = everyone[name]
+            part = slice(int(runs.starts[k]), int(runs.ends[k]))
+            assert batch.ts is not None
+            assert runs.ts[part].tolist() == batch.ts.tolist()
+            assert runs.price[part].tolist() == batch.price.tolist()
+            assert runs.records[runs.last_positions[k]] is batch.tables["trades"].last()
+            assert int(runs.last_recv[k]) == batch.tables["trades"].last().recv_ns
+            assert int(runs.newest_ts[k]) == batch.newest_ts
+            assert runs.to_remember is not None
+            assert batch.to_remember is not None
+            assert runs.to_remember[part].tobytes() == batch.to_remember.tobytes()
+        oldest = runs.oldest_recv.tolist()
+        assert oldest == [everyone[n].tables["trades"].oldest_recv_ns for n in runs.names]
+        assert grouped.symbols_besides("trades") == {"C"}
+        assert sorted(grouped.batches(skip={"A", "B"})) == ["C"]
+
     def test_a_bad_timestamp_fails_only_its_symbol(self) -> None:
         """The flush's bulk parse fails: each symbol task parses its own trades (`_feed`)."""
         pending = _arrived(_trade("A", "2024-07-01T14:30:00Z", 1.0), _trade("B", "yesterday", 1.0))
@@ -303,6 +333,18 @@ class TestHistogramQuantile:
 
     def test_empty_is_nan(self) -> None:
         assert np.isnan(Histogram("h", "help").quantile(0.5))
+
+    def test_observing_many_with_counts_is_observing_each_that_often(self) -> None:
+        """The steady step observes each symbol's lag once for each of its trades."""
+        values, counts = [0.0002, 0.0018, 0.004], [3, 1, 2]
+        one_by_one = Histogram("h", "help", ("stream",), FAST_BUCKETS)
+        for value, count in zip(values, counts, strict=True):
+            one_by_one.observe(value, "s", count=count)
+        at_once = Histogram("h", "help", ("stream",), FAST_BUCKETS)
+        at_once.observe_many(np.array(values), "s", counts=np.array(counts))
+        assert at_once.counts == one_by_one.counts
+        assert at_once.sums[("s",)] == pytest.approx(one_by_one.sums[("s",)])
+        assert at_once.maxima == one_by_one.maxima
 
 
 class TestEncodings:

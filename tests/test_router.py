@@ -111,6 +111,16 @@ async def _run_trickle(root: Path, bars: list[str] | None) -> StreamRouter:
     return router
 
 
+def _accounts(router: StreamRouter) -> dict[str, Any]:
+    metrics = router._metrics
+    return {
+        "status": {s: (st.last_event_ns, st.seen) for s, st in router.symbols.items()},
+        "messages": metrics.messages.values,
+        "lags": sum(metrics.latency.counts[("stocks",)]),
+        "batches": sum(metrics.pipeline_latency.counts[("stocks",)]),
+    }
+
+
 BAR_COLUMNS = (
     "symbol, bar_type, ts, open, high, low, close, volume, trade_count, vwap, session_vwap, "
     "corrections, partial"
@@ -148,6 +158,11 @@ def test_trickled_trades_take_the_steady_path_with_the_same_results(
             "AAA": 81,
             "BBB": 80,
         }
+        assert router.oldest_inflight_ns() is None
+    # The steady step's accounting, done for all its symbols at once, is the tasks': what
+    # `/status` shows, the message counts, one lag observation a trade and one latency
+    # observation a batch.
+    assert _accounts(steady) == _accounts(alone)
     for table, columns, order in (
         ("bars", BAR_COLUMNS, "symbol, bar_type, ts"),
         ("anomalies", "symbol, ts, price, zscore", "symbol, ts"),
@@ -165,6 +180,27 @@ def test_trickled_trades_take_the_steady_path_with_the_same_results(
     else:
         closed = query(tmp_path / "steady", "stocks", "bars", "select count(*) from t")
         assert closed[0][0] > 40
+
+
+def test_the_steady_steps_trades_are_in_flight_until_their_rows_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Journal deletion and back-fill settling see the steady step's trades while it writes."""
+    seen: list[tuple[int | None, int]] = []
+    emit_many = StreamRouter._emit_many
+
+    async def watching(self: StreamRouter, outputs: list[tuple[Any, int]]) -> None:
+        if sys._getframe(1).f_code.co_name == "_flush" and outputs:
+            seen.append((self.oldest_inflight_ns(), min(recv for _, recv in outputs)))
+        await emit_many(self, outputs)
+
+    monkeypatch.setattr(StreamRouter, "_emit_many", watching)
+    router = anyio.run(_run_trickle, tmp_path, SMALL_BARS)
+    assert len(seen) > 30
+    for oldest, received in seen:
+        assert oldest is not None
+        assert oldest <= received
+    assert router.oldest_inflight_ns() is None
 
 
 def test_a_symbol_failing_in_the_steady_step_fails_alone(
