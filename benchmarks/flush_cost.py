@@ -1,0 +1,117 @@
+"""The cost of a flush per symbol it touches: what sets latency when the loop is loaded.
+
+At a trickle each flush holds one frame; under load, what arrived during the last flush. Either
+way a flush costs its trades plus a fixed cost for each symbol it touches (docs/performance.md,
+Latency), and at 100k ticks/s offered over 200 symbols the per-symbol part dominates. This runs
+a real `StreamRouter` (symbol tasks, the steady step, the writers) and times `_flush` alone on
+flushes of `--per-symbol` x `--symbols` trades of the benchmark workload, once every symbol's
+anomaly window is full, in CPU time of the thread (less noisy than wall time on a shared
+machine). Whatever the flush hands to a symbol task runs after the timing, untimed.
+
+    .venv/bin/python -m benchmarks.flush_cost [--per-symbol 5] [--symbols 200]
+        [--ticks 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from ingest.batch import Arrivals
+from ingest.bench.workload import make_workload
+from ingest.config import settings_from_mapping
+from ingest.logconfig import configure_logging
+from ingest.metrics import Metrics
+from ingest.pipeline import indicator_columns
+from ingest.router import StreamRouter
+from storage.parquet import open_dataset
+from storage.quarantine import Quarantine
+from streams.messages import AnyMessage, FrameDecoder
+
+WARM_TRADES = 40
+"""Trades a symbol before timing starts: its anomaly window (20) filled, its bars opened."""
+
+
+@dataclass(frozen=True)
+class FlushCost:
+    """The timed flushes: per flush, its CPU time and the symbols it touched."""
+
+    seconds: list[float]
+    touched: list[int]
+    trades: int
+
+    def per_symbol_us(self) -> list[float]:
+        """Each flush's cost divided by the symbols it touched, sorted."""
+        return sorted(s / n * 1e6 for s, n in zip(self.seconds, self.touched, strict=True))
+
+
+async def _timed(root: Path, symbols: list[str], flushes: list[list[AnyMessage]]) -> FlushCost:
+    settings = settings_from_mapping(
+        {
+            "ingest": {"data_dir": str(root), "streams": ["stocks"]},
+            "streams": {"stocks": {"symbols": symbols}},
+            "server": {"listen": ""},
+        }
+    )
+    columns = indicator_columns(settings.pipeline)
+    warm = WARM_TRADES * len(symbols) // len(flushes[0]) + 1
+    seconds: list[float] = []
+    touched: list[int] = []
+    async with open_dataset(
+        root, settings.storage, writer_id="bench", metadata={}, indicator_columns=columns
+    ) as dataset:
+        router = StreamRouter("stocks", settings, dataset, Quarantine(root, "bench"), Metrics())
+        async with anyio.create_task_group() as group:
+            await group.start(router.run)
+            for i, messages in enumerate(flushes):
+                pending = Arrivals()
+                pending.records += messages
+                pending.symbols += [m.S for m in messages]  # type: ignore[union-attr]
+                started = time.thread_time()
+                await router._flush({"trades": pending})
+                elapsed = time.thread_time() - started
+                await anyio.wait_all_tasks_blocked()  # the symbol tasks catch up, untimed
+                if i >= warm:
+                    seconds.append(elapsed)
+                    touched.append(len(set(pending.symbols)))
+            router.close()
+    return FlushCost(seconds, touched, len(flushes[0]))
+
+
+def measure(per_symbol: float, symbols: int, ticks: int) -> FlushCost:
+    """One pass over the workload in flushes of `per_symbol` trades a symbol."""
+    workload = make_workload(ticks, symbols)
+    decode = FrameDecoder("stocks", "json").decode
+    messages = [m for frame in workload.frames for m in decode(frame, time.time_ns()).messages]
+    step = max(1, round(per_symbol * symbols))
+    flushes = [messages[i : i + step] for i in range(0, len(messages) - step + 1, step)]
+    with tempfile.TemporaryDirectory() as scratch:
+        return anyio.run(_timed, Path(scratch), list(workload.symbols), flushes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-symbol", type=float, default=5.0, help="trades a symbol a flush")
+    parser.add_argument("--symbols", type=int, default=200)
+    parser.add_argument("--ticks", type=int, default=200_000)
+    args = parser.parse_args()
+    configure_logging(level=logging.WARNING)
+    cost = measure(args.per_symbol, args.symbols, args.ticks)
+    per_symbol = cost.per_symbol_us()
+    n = len(per_symbol)
+    print(
+        f"{n:,} flushes of {cost.trades:,} trades, {statistics.mean(cost.touched):.0f} symbols "
+        f"touched: median {statistics.median(cost.seconds) * 1e3:.2f} ms a flush, "
+        f"{per_symbol[n // 10]:.1f} us a symbol at p10, {per_symbol[n // 2]:.1f} at p50"
+    )
+
+
+if __name__ == "__main__":
+    main()
