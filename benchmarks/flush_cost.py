@@ -24,15 +24,10 @@ from pathlib import Path
 
 import anyio
 
+from benchmarks.stocks_router import stocks_router
 from ingest.batch import Arrivals
 from ingest.bench.workload import make_workload
-from ingest.config import settings_from_mapping
 from ingest.logconfig import configure_logging
-from ingest.metrics import Metrics
-from ingest.pipeline import indicator_columns
-from ingest.router import StreamRouter
-from storage.parquet import open_dataset
-from storage.quarantine import Quarantine
 from streams.messages import AnyMessage, FrameDecoder
 
 WARM_TRADES = 40
@@ -53,21 +48,10 @@ class FlushCost:
 
 
 async def _timed(root: Path, symbols: list[str], flushes: list[list[AnyMessage]]) -> FlushCost:
-    settings = settings_from_mapping(
-        {
-            "ingest": {"data_dir": str(root), "streams": ["stocks"]},
-            "streams": {"stocks": {"symbols": symbols}},
-            "server": {"listen": ""},
-        }
-    )
-    columns = indicator_columns(settings.pipeline)
     warm = WARM_TRADES * len(symbols) // len(flushes[0]) + 1
     seconds: list[float] = []
     touched: list[int] = []
-    async with open_dataset(
-        root, settings.storage, writer_id="bench", metadata={}, indicator_columns=columns
-    ) as dataset:
-        router = StreamRouter("stocks", settings, dataset, Quarantine(root, "bench"), Metrics())
+    async with stocks_router(root, symbols) as router:
         async with anyio.create_task_group() as group:
             await group.start(router.run)
             for i, messages in enumerate(flushes):

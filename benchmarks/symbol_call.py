@@ -24,15 +24,11 @@ from pathlib import Path
 
 import anyio
 
+from benchmarks.stocks_router import stocks_router
 from ingest.batch import Arrivals, build_batches
 from ingest.bench.workload import make_workload
-from ingest.config import settings_from_mapping
 from ingest.logconfig import configure_logging
-from ingest.metrics import Metrics
-from ingest.pipeline import indicator_columns
-from ingest.router import StreamRouter, SymbolState
-from storage.parquet import open_dataset
-from storage.quarantine import Quarantine
+from ingest.router import SymbolState
 from streams.messages import AnyMessage, FrameDecoder
 
 
@@ -46,19 +42,9 @@ class CallCost:
 
 
 async def _timed_pass(root: Path, symbols: list[str], flushes: list[list[AnyMessage]]) -> CallCost:
-    settings = settings_from_mapping(
-        {
-            "ingest": {"data_dir": str(root), "streams": ["stocks"]},
-            "streams": {"stocks": {"symbols": symbols}},
-            "server": {"listen": ""},
-        }
-    )
-    columns = indicator_columns(settings.pipeline)
-    async with open_dataset(
-        root, settings.storage, writer_id="bench", metadata={}, indicator_columns=columns
-    ) as dataset:
-        router = StreamRouter("stocks", settings, dataset, Quarantine(root, "bench"), Metrics())
-        pipelines = {s: router._factory(s, settings.pipeline) for s in symbols}
+    async with stocks_router(root, symbols) as router:
+        pipeline_settings = router._settings.pipeline
+        pipelines = {s: router._factory(s, pipeline_settings) for s in symbols}
         memories = {s: router._memory() for s in symbols}
         for symbol in symbols:
             router.symbols[symbol] = SymbolState()
