@@ -217,20 +217,20 @@ class _Grouping:
     """Each row's symbol, in arrival order (the bulk table's `symbol` column)."""
     names: list[str]
     order: npt.NDArray[np.intp]
-    starts: list[int]
-    ends: list[int]
+    starts: npt.NDArray[np.intp]
+    ends: npt.NDArray[np.intp]
 
     @classmethod
     def of(cls, symbols: list[str]) -> _Grouping:
         encoded = pa.array(symbols, pa.string()).dictionary_encode()
         codes = encoded.indices.to_numpy()
-        ends = np.cumsum(np.bincount(codes))
+        ends = np.cumsum(np.bincount(codes)).astype(np.intp)
         starts = np.empty_like(ends)
         starts[0] = 0
         starts[1:] = ends[:-1]
         order = np.argsort(codes, kind="stable")
         names = cast("list[str]", encoded.dictionary.to_pylist())
-        return cls(encoded, names, order, starts.tolist(), ends.tolist())
+        return cls(encoded, names, order, starts, ends)
 
 
 @dataclass(slots=True)
@@ -294,14 +294,12 @@ class _TableRuns:
     groups: _Grouping
     recv: npt.NDArray[np.int64]
     """Receive times in symbol order."""
-    oldest: list[int]
-    newest: list[int]
+    oldest: npt.NDArray[np.int64]
+    newest: npt.NDArray[np.int64]
     columns: _TradeColumns | None
     """The trades' columns in symbol order (trades only)."""
-    newest_ts: list[int] | None
+    newest_ts: npt.NDArray[np.int64] | None
     remembered: npt.NDArray[np.void] | None
-    written: bool
-    """Converted in bulk for the writers."""
 
 
 @dataclass(slots=True)
@@ -356,20 +354,19 @@ class Grouped:
             return None
         assert trades.newest_ts is not None
         groups = trades.groups
-        ends = np.array(groups.ends, np.intp)
         return TradeRuns(
             groups.names,
-            np.array(groups.starts, np.intp),
-            ends,
+            groups.starts,
+            groups.ends,
             columns.ts,
             columns.price,
             columns.size,
             trades.remembered,
-            np.array(trades.oldest, np.int64),
-            np.array(trades.newest, np.int64),
-            trades.recv[ends - 1],
-            np.array(trades.newest_ts, np.int64),
-            groups.order[ends - 1],
+            trades.oldest,
+            trades.newest,
+            trades.recv[groups.ends - 1],
+            trades.newest_ts,
+            groups.order[groups.ends - 1],
             trades.records,
         )
 
@@ -383,29 +380,28 @@ class Grouped:
         keyed = self.keyed
         for table, runs in self.runs.items():
             records, groups, columns = runs.records, runs.groups, runs.columns
+            written = table in self.tables
+            starts, ends = groups.starts.tolist(), groups.ends.tolist()
+            oldest, newest = runs.oldest.tolist(), runs.newest.tolist()
+            newest_ts = None if runs.newest_ts is None else runs.newest_ts.tolist()
             for k, symbol in enumerate(groups.names):
                 if symbol in skip:
                     continue
-                start, end = groups.starts[k], groups.ends[k]
+                start, end = starts[k], ends[k]
                 batch = batches.get(symbol)
                 if batch is None:
                     batch = batches[symbol] = SymbolBatch.empty(keyed=keyed)
-                rows = Rows(
-                    [(records, groups.order[start:end])],
-                    end - start,
-                    runs.oldest[k],
-                    runs.newest[k],
-                )
+                rows = Rows([(records, groups.order[start:end])], end - start, oldest[k], newest[k])
                 batch.tables[table] = rows
-                if not runs.written:
+                if not written:
                     batch.unwritten[table] = rows
                 if columns is not None:
                     part = slice(start, end)
                     batch.ts = None if columns.ts is None else columns.ts[part]
                     batch.price = columns.price[part]
                     batch.size = columns.size[part]
-                    if runs.newest_ts is not None:
-                        batch.newest_ts = runs.newest_ts[k]
+                    if newest_ts is not None:
+                        batch.newest_ts = newest_ts[k]
                     if runs.remembered is not None:
                         batch.to_remember = runs.remembered[part]
         return batches
@@ -446,22 +442,21 @@ def group_flush(
                 pass  # the symbol tasks write these records; the writer refuses the bad ones
         by_symbol = recv[groups.order]
         columns = None if trades is None else trades.sorted(groups.order)
-        newest_ts: list[int] | None = None
+        newest_ts = None
         remembered = None
         if columns is not None and columns.ts is not None:
-            newest_ts = np.maximum.reduceat(columns.ts, groups.starts).tolist()
+            newest_ts = np.maximum.reduceat(columns.ts, groups.starts)
             if columns.keys is not None:
                 remembered = trade_records(columns.keys, columns.ts, columns.price, columns.size)
         runs[table] = _TableRuns(
             records,
             groups,
             by_symbol,
-            np.minimum.reduceat(by_symbol, groups.starts).tolist(),
-            np.maximum.reduceat(by_symbol, groups.starts).tolist(),
+            np.minimum.reduceat(by_symbol, groups.starts),
+            np.maximum.reduceat(by_symbol, groups.starts),
             columns,
             newest_ts,
             remembered,
-            table in bulk,
         )
     return Grouped(runs, bulk, keyed)
 

@@ -126,6 +126,12 @@ class _Taken:
     oldest_recv_ns: int | None = None
 
 
+def _note_newest(seen: dict[str, Stamp], table: str, stamp: Stamp) -> None:
+    """Keep `stamp` as the table's newest event time taken if it is later than the one kept."""
+    if _later(stamp, seen.get(table)):
+        seen[table] = stamp
+
+
 def _later(stamp: Stamp, than: Stamp | None) -> bool:
     """Whether `stamp` is after `than`; stamps of one kind compare as they are."""
     if than is None:
@@ -350,7 +356,12 @@ class StreamRouter:
         taken = np.flatnonzero(steady.taken)
         if not len(taken):
             return _Taken()
-        out = self._account_steady(runs, which[taken], failed)
+        runs_taken = which[taken]
+        self._account_steady(runs, runs_taken, failed)
+        out = _Taken(
+            {runs.names[k] for k in runs_taken.tolist()},
+            oldest_recv_ns=int(runs.oldest_recv[runs_taken].min()),
+        )
         for i in taken.tolist():
             k = offered[i]
             anomalies = steady.anomalies.get(i)
@@ -361,7 +372,7 @@ class StreamRouter:
 
     def _account_steady(
         self, runs: TradeRuns, taken: npt.NDArray[np.intp], failed: set[int]
-    ) -> _Taken:
+    ) -> None:
         """`_account` and `_fed` of the runs taken by the steady step, in bulk where they can be.
 
         A run whose bars failed (`failed`) is counted but not fed, as in its task.
@@ -371,14 +382,9 @@ class StreamRouter:
         self._metrics.messages.inc(self.stream, TRADES, amount=int(counts.sum()))
         waited = (now - runs.oldest_recv[taken]) / 1e9
         self._metrics.pipeline_latency.observe_many(waited, self.stream)
-        fed = [k not in failed for k in taken.tolist()] if failed else None
+        fed = np.array([k not in failed for k in taken.tolist()]) if failed else slice(None)
         lags = (now - runs.newest_ts[taken]) / 1e9
-        if fed is not None:
-            lags, counts_fed = lags[fed], counts[fed]
-        else:
-            counts_fed = counts
-        self._metrics.latency.observe_many(lags, self.stream, counts=counts_fed)
-        out = _Taken(oldest_recv_ns=int(runs.oldest_recv[taken].min()))
+        self._metrics.latency.observe_many(lags[fed], self.stream, counts=counts[fed])
         records, last, to_remember = runs.records, runs.last_positions, runs.to_remember
         for k, n, newest, newest_ts in zip(
             taken.tolist(),
@@ -388,23 +394,19 @@ class StreamRouter:
             strict=True,
         ):
             symbol = runs.names[k]
-            out.symbols.add(symbol)
             state = self.symbols[symbol]
             state.messages += n
             state.last_recv_ns = newest
-            stamp = _T(records[last[k]])
-            if _later(stamp, state.seen.get(TRADES)):
-                state.seen[TRADES] = stamp
-            if k in failed:
-                continue
-            state.last_event_ns = newest_ts
-            memory = self._memories.get(symbol)
-            if memory is not None:
-                assert to_remember is not None, "remembered trades need their records"
+            _note_newest(state.seen, TRADES, _T(records[last[k]]))
+            if k not in failed:
                 start = int(runs.starts[k])
-                first = self._pipelines[symbol].trades_seen - n
-                memory.remember(first, to_remember[start : start + n])
-        return out
+                self._keep(
+                    symbol,
+                    self._memories.get(symbol),
+                    self._pipelines[symbol].trades_seen - n,
+                    None if to_remember is None else to_remember[start : start + n],
+                    newest_ts,
+                )
 
     def _closing_bars(
         self, runs: TradeRuns, closing: list[tuple[int, SymbolPipeline]]
@@ -612,9 +614,7 @@ class StreamRouter:
             # A lower bound of the newest stamp, O(1) a batch: the batch's last (nanoseconds, or
             # canonical RFC 3339 UTC text, which sorts like time). A back-fill checks every row
             # from there on.
-            last = _STAMP.get(table, _T)(rows.last())
-            if _later(last, seen.get(table)):
-                seen[table] = last
+            _note_newest(seen, table, _STAMP.get(table, _T)(rows.last()))
         count, oldest, newest = batch.span()
         state.messages += count
         state.last_recv_ns = newest
@@ -680,17 +680,32 @@ class StreamRouter:
         newest_ts: int,
         count: int,
     ) -> None:
-        """Trades that went through the pipeline, by either path: remember them, note their lag.
+        """Trades that went through a symbol's pipeline call: `_keep` them, note their lag.
 
-        `count` trades numbered from `first`; remembered for corrections (stocks), their newest
-        event time noted for `/status` and how far behind it they are observed.
+        `count` trades numbered from `first`, observed for how far behind their newest event
+        time they are (the steady step observes all of its symbols' at once).
+        """
+        self._keep(symbol, memory, first, to_remember, newest_ts)
+        lag = (time.time_ns() - newest_ts) / 1e9
+        self._metrics.latency.observe(lag, self.stream, count=count)
+
+    def _keep(
+        self,
+        symbol: str,
+        memory: TradeMemory | None,
+        first: int,
+        to_remember: npt.NDArray[np.void] | None,
+        newest_ts: int,
+    ) -> None:
+        """Trades that went through the pipeline, by either path: remember them, note the time.
+
+        Stock trades are remembered for corrections, numbered from `first`; their newest event
+        time is noted for `/status`.
         """
         if memory is not None:
             assert to_remember is not None, "remembered trades need their records"
             memory.remember(first, to_remember)
         self.symbols[symbol].last_event_ns = newest_ts
-        lag = (time.time_ns() - newest_ts) / 1e9
-        self._metrics.latency.observe(lag, self.stream, count=count)
 
     async def _correct_in_order(
         self,
