@@ -32,7 +32,8 @@ from ingest.config import PipelineSettings, Settings, StreamName
 from ingest.corrections import TradeMemory, apply_correction, trade_keys, trade_records
 from ingest.inbox import Inbox
 from ingest.pipeline import PipelineOutput, SymbolPipeline
-from ingest.pipeline.steady import take_steady
+from ingest.pipeline.book import SteadyBook
+from ingest.pipeline.steady import Steady, take_steady
 from ingest.screen import parseable_timestamps, screen_frame
 from storage.parquet import SEAL_GRACE_SECONDS, Dataset
 from storage.schemas import MarketConverter, parse_timestamps, stamp_ns, table_for, table_spec
@@ -171,6 +172,8 @@ class StreamRouter:
         self._memories: dict[str, TradeMemory | None] = {}
         """Each symbol task's pipeline and trade memory, for the steady path of the flusher
         (`_take_steady`), which uses them only while the task is idle."""
+        self._book = SteadyBook()
+        """The steady step's state of the pipelines it holds, across symbols."""
         self._inflight: dict[str, deque[int]] = {}
         """Per symbol, the oldest receive time of each batch handed over but not yet processed."""
         self._pending_since: int | None = None
@@ -345,19 +348,18 @@ class StreamRouter:
             trades = np.repeat(chosen, counts)
             ts, price, size = ts[trades], price[trades], size[trades]
         try:
-            steady = take_steady(pipelines, ts, price, size, counts[which])
+            steady = take_steady(self._book, pipelines, ts, price, size, counts[which])
         except Exception:
             # Nothing was changed: every batch goes to its task, which runs the same steps.
             log.exception("steady_path_failed")
             return _Taken()
-        bars, failed = self._closing_bars(
-            runs, [(offered[i], pipelines[i]) for i in steady.closing]
-        )
+        bars, failed = self._closing_bars(runs, steady, offered)
         taken = np.flatnonzero(steady.taken)
         if not len(taken):
             return _Taken()
         runs_taken = which[taken]
-        self._account_steady(runs, runs_taken, failed)
+        assert steady.first_seq is not None, "a batch taken is of a pipeline held"
+        self._account_steady(runs, runs_taken, steady.first_seq[taken], failed)
         out = _Taken(
             {runs.names[k] for k in runs_taken.tolist()},
             oldest_recv_ns=int(runs.oldest_recv[runs_taken].min()),
@@ -371,11 +373,16 @@ class StreamRouter:
         return out
 
     def _account_steady(
-        self, runs: TradeRuns, taken: npt.NDArray[np.intp], failed: set[int]
+        self,
+        runs: TradeRuns,
+        taken: npt.NDArray[np.intp],
+        first_seq: npt.NDArray[np.int64],
+        failed: set[int],
     ) -> None:
         """`_account` and `_fed` of the runs taken by the steady step, in bulk where they can be.
 
-        A run whose bars failed (`failed`) is counted but not fed, as in its task.
+        `first_seq` is each run's first trade's sequence number in its pipeline. A run whose
+        bars failed (`failed`) is counted but not fed, as in its task.
         """
         counts = runs.counts[taken]
         now = time.time_ns()
@@ -386,9 +393,10 @@ class StreamRouter:
         lags = (now - runs.newest_ts[taken]) / 1e9
         self._metrics.latency.observe_many(lags[fed], self.stream, counts=counts[fed])
         records, last, to_remember = runs.records, runs.last_positions, runs.to_remember
-        for k, n, newest, newest_ts in zip(
+        for k, n, first, newest, newest_ts in zip(
             taken.tolist(),
             counts.tolist(),
+            first_seq.tolist(),
             runs.newest_recv[taken].tolist(),
             runs.newest_ts[taken].tolist(),
             strict=True,
@@ -403,25 +411,25 @@ class StreamRouter:
                 self._keep(
                     symbol,
                     self._memories.get(symbol),
-                    self._pipelines[symbol].trades_seen - n,
+                    first,
                     None if to_remember is None else to_remember[start : start + n],
                     newest_ts,
                 )
 
     def _closing_bars(
-        self, runs: TradeRuns, closing: list[tuple[int, SymbolPipeline]]
+        self, runs: TradeRuns, steady: Steady, offered: list[int]
     ) -> tuple[dict[int, list[Row]], set[int]]:
-        """The bars of steady runs that close one, each by its symbol's own builders.
+        """The bars of steady runs that close one (`Steady.close`), a symbol at a time.
 
         Returns the rows per run, and the runs that failed (each symbol restarted as its task
         would restart it).
         """
         bars: dict[int, list[Row]] = {}
         failed: set[int] = set()
-        for k, pipeline in closing:
-            part = slice(int(runs.starts[k]), int(runs.ends[k]))
+        for i in steady.closing:
+            k = offered[i]
             try:
-                rows = pipeline.bars_of(runs.ts[part], runs.price[part], runs.size[part])
+                rows = steady.close(i)
             except Exception:
                 self._symbol_failed(runs.names[k])
                 failed.add(k)

@@ -208,17 +208,16 @@ def test_a_symbol_failing_in_the_steady_step_fails_alone(
 ) -> None:
     """A bar computation that raises in the flush is that symbol's failure, as in its task."""
     anyio.run(_run_trickle, tmp_path / "clean", SMALL_BARS)
-    bars_of = SymbolPipeline.bars_of
+    close_bars = SymbolPipeline.close_bars  # what the flush's steady step closes bars with
     failed: list[int] = []
 
-    def failing(self: SymbolPipeline, *columns: Any) -> Any:
-        in_flush = sys._getframe(1).f_code.co_name == "_closing_bars"
-        if self.symbol == "AAA" and in_flush and self.trades_seen >= 40 and not failed:
+    def failing(self: SymbolPipeline, *args: Any) -> Any:
+        if self.symbol == "AAA" and self.trades_seen >= 40 and not failed:
             failed.append(self.trades_seen)
             raise RuntimeError("injected")
-        return bars_of(self, *columns)
+        return close_bars(self, *args)
 
-    monkeypatch.setattr(SymbolPipeline, "bars_of", failing)
+    monkeypatch.setattr(SymbolPipeline, "close_bars", failing)
     router = anyio.run(_run_trickle, tmp_path / "failing", SMALL_BARS)
     assert failed
     assert {s: state.failures for s, state in router.symbols.items()} == {"AAA": 1, "BBB": 0}

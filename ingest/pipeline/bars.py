@@ -20,8 +20,7 @@ import bisect
 import itertools
 import math
 from dataclasses import dataclass
-from operator import attrgetter
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -98,8 +97,8 @@ class TradeSlice:
 class Slices:
     """Many symbols' slices of trades, one entry a symbol, by their summaries.
 
-    What `BarBuilder.absorbs` and `BarBuilder.take_steady` decide and update from, for all of
-    one series' builders at once (`ingest.pipeline.steady`).
+    What the steady step decides and moves open bars on from, for all of them at once
+    (`ingest.pipeline.steady`, `ingest.pipeline.book`).
     """
 
     tmin: IntArray
@@ -197,14 +196,6 @@ class BarBuilder:
         """Add a slice of trades; return the bars they closed, oldest first."""
         raise NotImplementedError
 
-    @staticmethod
-    def absorbs(builders: Sequence[BarBuilder], slices: Slices) -> npt.NDArray[np.bool_]:
-        """Which of one series' builders of many symbols would take their slices closing nothing.
-
-        `update`'s common case, decided for all of them at once (all of this class).
-        """
-        raise NotImplementedError
-
     def extend(
         self, high: float, low: float, last: float, count: int, session_vwap: float | None
     ) -> None:
@@ -218,36 +209,6 @@ class BarBuilder:
         self._c = last
         self._n += count
         self._sv = session_vwap
-
-    @staticmethod
-    def take_steady(
-        builders: Sequence[BarBuilder], slices: Slices, session_vwap: list[float | None]
-    ) -> None:
-        """`update` of each builder with a slice that `absorbs` said closes nothing.
-
-        What `extend` does, in one loop for all of them, without a call a builder.
-        `session_vwap` is the session's VWAP after each slice.
-        """
-        for b, v, pv, h, lo, c, n, sv in zip(
-            builders,
-            slices.end_v.tolist(),
-            slices.end_pv.tolist(),
-            slices.high.tolist(),
-            slices.low.tolist(),
-            slices.last.tolist(),
-            slices.counts.tolist(),
-            session_vwap,
-            strict=True,
-        ):
-            b._s_end_v = v
-            b._s_end_pv = pv
-            if h > b._h:  # max(b._h, h), as `extend`
-                b._h = h
-            if lo < b._l:
-                b._l = lo
-            b._c = c
-            b._n += n
-            b._sv = sv
 
     # --- corrections (rare: plain Python, never on the per-trade path) -------------------------
 
@@ -380,25 +341,6 @@ class TimeBarBuilder(BarBuilder):
         self._seen = False
         return super().flush()
 
-    @staticmethod
-    def absorbs(builders: Sequence[BarBuilder], slices: Slices) -> npt.NDArray[np.bool_]:
-        """`BarBuilder.absorbs`: the slices that fall into their open bucket, by their times."""
-        state = cast("list[tuple[bool, int]]", list(map(_TIME_STATE, builders)))
-        seen, bucket = (np.array(column) for column in zip(*state, strict=True))
-        width = cast("TimeBarBuilder", builders[0])._width
-        lo = bucket * width
-        absorbed: npt.NDArray[np.bool_] = seen & (slices.tmin >= lo) & (slices.tmax < lo + width)
-        return absorbed
-
-    @staticmethod
-    def take_steady(
-        builders: Sequence[BarBuilder], slices: Slices, session_vwap: list[float | None]
-    ) -> None:
-        """`BarBuilder.take_steady`: no trade of the slices was late."""
-        for builder in cast("Sequence[TimeBarBuilder]", builders):
-            builder.late_mask = None
-        BarBuilder.take_steady(builders, slices, session_vwap)
-
     def _late_v(self) -> float:
         return self._lv
 
@@ -500,26 +442,6 @@ class CountBarBuilder(BarBuilder):
         self._threshold = threshold
         self._ticks = int(threshold)
 
-    @staticmethod
-    def absorbs(builders: Sequence[BarBuilder], slices: Slices) -> npt.NDArray[np.bool_]:
-        """`BarBuilder.absorbs`: the open bars that take their slices below the threshold."""
-        first = cast("CountBarBuilder", builders[0])
-        state = cast(
-            "list[tuple[bool, int, float, float, float, float]]",
-            list(map(_COUNT_STATE, builders)),
-        )
-        is_open, n, s0_v, s0_pv, base_v, base_pv = (
-            np.array(column) for column in zip(*state, strict=True)
-        )
-        if first._kind == "tick":
-            fills = n + slices.counts >= first._ticks
-        elif first._kind == "volume":
-            fills = (slices.end_v - s0_v) + base_v >= first._threshold
-        else:
-            fills = (slices.end_pv - s0_pv) + base_pv >= first._threshold
-        absorbed: npt.NDArray[np.bool_] = is_open & ~fills
-        return absorbed
-
     def update(self, trades: TradeSlice) -> Sequence[Bar]:
         """Add a slice of trades; return the bars whose threshold they reached."""
         m = len(trades.ts)
@@ -573,10 +495,6 @@ class CountBarBuilder(BarBuilder):
             sums, self._threshold, pos + 1, m + 1, key=lambda total: (total - s0) + base
         )
         return after - 1
-
-
-_TIME_STATE = attrgetter("_seen", "_bucket")
-_COUNT_STATE = attrgetter("_open", "_n", "_s0_v", "_s0_pv", "_base_v", "_base_pv")
 
 
 def create_builder(spec: BarSpec) -> TimeBarBuilder | CountBarBuilder:

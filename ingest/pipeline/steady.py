@@ -5,10 +5,12 @@ call costs about the same whatever its size (~20 us warm, more with its state ou
 latency of a paced run is that fixed cost times the symbols of a flush. `take_steady` takes a
 flush's batches that stay in their session (no new UTC day, no trade of an earlier one) once the
 anomaly window is full. Their trades are checked for anomalies together, with a few numpy calls
-over every symbol's window. Most of them also close no bar and have no late trade: those move on
-from a summary of their batch, one loop a series for all of them. The few that close a bar go
-through their own bar builders (`SymbolPipeline.bars_of`), which the caller runs. The others
-are left as they were, for `SymbolPipeline.on_trades`.
+over every symbol's window. Their sessions move on from a summary of their batch, and so does
+every open bar the batch closes nothing of, in the arrays of the `SteadyBook` that holds their
+state (`ingest.pipeline.book`), a few numpy calls a series for all of them. The few series a
+batch closes a bar of (or has a late trade for) go through their own bar builders
+(`Steady.close`, which the caller runs). The others are left as they were, for
+`SymbolPipeline.on_trades`.
 
 Both ways give the same state and the same rows, bit for bit: the running sums are added one
 trade after the other from the session's sums (`np.add.accumulate` along each symbol's row),
@@ -20,27 +22,43 @@ ways and compares.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ingest.pipeline.bars import Slices
-from ingest.pipeline.symbol import SESSION_STATE
+from ingest.pipeline.bars import Slices, TradeSlice
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import numpy.typing as npt
 
+    from ingest.pipeline.book import SteadyBook
     from ingest.pipeline.symbol import Row, SymbolPipeline
 
 __all__ = ["Steady", "take_steady"]
 
 _DAY_NS = 86_400 * 1_000_000_000
-_BUILDERS = attrgetter("builders")
-_DETECTOR = attrgetter("anomaly")
-_RECENT = attrgetter("recent")
+
+
+@dataclass(slots=True)
+class _Closes:
+    """What `Steady.close` runs a closing batch's bar builders from."""
+
+    book: SteadyBook
+    pipelines: Sequence[SymbolPipeline]
+    slots: npt.NDArray[np.intp]
+    takes: npt.NDArray[np.bool_]
+    """Per series and pipeline: the open bar took the batch (`SteadyBook.absorbs`)."""
+    starts: npt.NDArray[np.intp]
+    ts: npt.NDArray[np.int64]
+    price: npt.NDArray[np.float64]
+    size: npt.NDArray[np.float64]
+    cum_v: npt.NDArray[np.float64]
+    """Per pipeline, the session's running volume before each trade of its batch, then after."""
+    cum_pv: npt.NDArray[np.float64]
+    slices: Slices
+    vwap: npt.NDArray[np.float64]
 
 
 @dataclass(slots=True)
@@ -51,12 +69,56 @@ class Steady:
     """Per pipeline: its batch was taken (else it is untouched, for `on_trades`)."""
     closing: list[int] = field(default_factory=list)
     """Pipelines taken (by position) whose batch closes a bar or has a late trade: its anomaly
-    check is done, its bars are not; the caller runs the batch through `bars_of`."""
+    check is done and its session moved on, its closing bars are not: the caller runs `close`
+    for each before anything else reaches that pipeline."""
     anomalies: dict[int, list[Row]] = field(default_factory=dict)
     """Per pipeline taken (by position), the anomaly rows of its batch, when it has any."""
+    first_seq: npt.NDArray[np.int64] | None = None
+    """Per pipeline held, the arrival sequence number of its batch's first trade (what
+    `SymbolPipeline.trades_seen` was before it); None when none is held."""
+    _closes: _Closes | None = None
+
+    def close(self, k: int) -> list[Row]:
+        """The bars closed by the batch of pipeline `k` (one of `closing`), with indicators.
+
+        Runs only the series whose open bar did not take the batch, through their builders.
+        If it raises, the pipeline is left half-way: the caller replaces it.
+        """
+        c = self._closes
+        assert c is not None, "close only what is closing"
+        assert self.first_seq is not None
+        start, m = int(c.starts[k]), int(c.slices.counts[k])
+        end = start + m
+        pipeline, slot = c.pipelines[k], int(c.slots[k])
+        ev, epv = float(c.book.ev[slot]), float(c.book.epv[slot])
+        vwap = float(c.vwap[k])
+        trades = TradeSlice(
+            ts=c.ts[start:end],
+            price=c.price[start:end],
+            size=c.size[start:end],
+            cv=c.cum_v[k, : m + 1].tolist(),
+            cpv=c.cum_pv[k, : m + 1].tolist(),
+            # Trades of earlier days arrived this session: their sums, which no steady trade
+            # adds to (`SymbolPipeline._sums_scalar`).
+            ev=[ev] * (m + 1) if ev else None,
+            epv=[epv] * (m + 1) if ev else None,
+            tmin=int(c.slices.tmin[k]),
+            tmax=int(c.slices.tmax[k]),
+            pmin=float(c.slices.low[k]),
+            pmax=float(c.slices.high[k]),
+            offset=int(self.first_seq[k]),
+            last_price=float(c.slices.last[k]),
+            sv_end=None if vwap != vwap else vwap,  # NaN: no volume, no VWAP
+        )
+        series = np.flatnonzero(~c.takes[:, k]).tolist()
+        c.book.lend(slot, series, pipeline)
+        rows = pipeline.close_bars(trades, series)
+        c.book.keep(slot, series, pipeline)
+        return rows
 
 
 def take_steady(
+    book: SteadyBook,
     pipelines: Sequence[SymbolPipeline],
     ts: npt.NDArray[np.int64],
     price: npt.NDArray[np.float64],
@@ -66,19 +128,26 @@ def take_steady(
     """Take every batch that stays in its session once the anomaly window is full.
 
     The batches are consecutive in `ts`, `price` and `size`, `counts[k]` trades (at least one)
-    for `pipelines[k]`, each in arrival order. All pipelines share one configuration. No state
-    changes until everything is computed: if this raises, every pipeline is as it was. Batches
-    listed in `Steady.closing` are taken but for their bars: the caller must run each through
-    its pipeline's `bars_of` before anything else reaches that pipeline.
+    for `pipelines[k]`, each in arrival order. All pipelines share one configuration and are
+    held by `book` alone (which holds those it can). No state changes until everything is
+    computed: if this raises, every pipeline is as it was. Batches listed in `Steady.closing`
+    are taken but for their closing bars: the caller must run `Steady.close` for each before
+    anything else reaches that pipeline.
     """
     k_all = len(pipelines)
+    slots = book.hold(pipelines)
+    held = slots >= 0
+    out = Steady([False] * k_all)
+    if not held.any():
+        return out
+    at = np.where(held, slots, slots.max())  # a held slot for every row; masked below
+    out.first_seq = book.seq[at]
     starts = np.cumsum(counts) - counts
     ends = starts + counts
     tmin = np.minimum.reduceat(ts, starts)
     tmax = np.maximum.reduceat(ts, starts)
-    session = list(map(SESSION_STATE, pipelines))
-    days = np.array([-1 if day is None else day for day, _, _ in session], np.int64)
-    steady = (days >= 0) & (tmin // _DAY_NS == days) & (tmax // _DAY_NS == days)
+    days = book.day[at]
+    steady = held & (tmin // _DAY_NS == days) & (tmax // _DAY_NS == days)
 
     # The session's running sums, one trade after the other along each symbol's row; the
     # padding after a short batch adds zeros, which change no sum.
@@ -87,12 +156,14 @@ def take_steady(
     width = int(counts.max()) + 1
     volume = np.zeros((k_all, width))
     notional = np.zeros((k_all, width))
-    volume[:, 0] = [cv for _, cv, _ in session]
-    notional[:, 0] = [cpv for _, _, cpv in session]
+    volume[:, 0] = book.cv[at]
+    notional[:, 0] = book.cpv[at]
     volume[rows, cols + 1] = size
     notional[rows, cols + 1] = price * size
-    end_v = np.add.accumulate(volume, axis=1)[:, -1]
-    end_pv = np.add.accumulate(notional, axis=1)[:, -1]
+    cum_v = np.add.accumulate(volume, axis=1)
+    cum_pv = np.add.accumulate(notional, axis=1)
+    end_v = cum_v[:, -1]
+    end_pv = cum_pv[:, -1]
 
     slices = Slices(
         tmin,
@@ -104,31 +175,25 @@ def take_steady(
         low=np.minimum.reduceat(price, starts),
         last=price[ends - 1],
     )
-    detectors = list(map(_DETECTOR, pipelines))
-    window = detectors[0].window
-    recents = list(map(_RECENT, detectors))
-    steady &= np.fromiter(map(len, recents), np.intp, k_all) == window
-    absorbed = steady.copy()
-    builders = list(map(_BUILDERS, pipelines))
-    for series in zip(*builders, strict=True):
-        absorbed &= type(series[0]).absorbs(series, slices)
-
-    taken = steady.tolist()
-    out = Steady(taken)
+    takes = book.absorbs(at, slices)
+    absorbed = steady & takes.all(axis=0)
+    out.taken = steady.tolist()
     chosen = np.flatnonzero(steady)
     if not len(chosen):
         return out
 
     # Each chosen symbol's row: its last `window` prices, then its batch's.
+    detector = book.detector
+    window = detector.window
     mine = steady[rows]
     rank = np.cumsum(steady) - 1
     trade_row = rank[rows[mine]]
     trade_col = cols[mine]
     history = np.empty((len(chosen), window + width - 1))
-    history[:, :window] = [recents[k] for k in chosen.tolist()]
+    history[:, :window] = book.recent[at[chosen]]
     history[trade_row, window + trade_col] = price[mine]
     span = np.arange(window)
-    hits = detectors[0].check_windows(
+    hits = detector.check_windows(
         history[trade_row[:, None], trade_col[:, None] + span], price[mine]
     )
     kept = history[np.arange(len(chosen))[:, None], counts[chosen][:, None] + span]
@@ -140,10 +205,14 @@ def take_steady(
             row = pipelines[k].anomaly_row(int(stamps[hit.index]), hit)
             out.anomalies.setdefault(k, []).append(row)
 
-    for i, k in enumerate(chosen.tolist()):
-        detectors[k].slide(kept[i])
+    book.recent[at[chosen]] = kept
+    vwap = book.session_vwap(at[chosen], slices.take(chosen))
+    book.move_on(at[chosen], slices.take(chosen), vwap, takes[:, chosen])
     out.closing = np.flatnonzero(steady & ~absorbed).tolist()
-    moved = np.flatnonzero(absorbed)
-    if len(moved):
-        type(pipelines[0]).take_steady([pipelines[k] for k in moved.tolist()], slices.take(moved))
+    if out.closing:
+        full_vwap = np.full(k_all, np.nan)
+        full_vwap[chosen] = vwap
+        out._closes = _Closes(
+            book, pipelines, at, takes, starts, ts, price, size, cum_v, cum_pv, slices, full_vwap
+        )
     return out

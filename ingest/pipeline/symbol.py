@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import operator
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,7 +24,6 @@ from ingest.pipeline.anomaly import Anomaly, AnomalyDetector
 from ingest.pipeline.bars import (
     Bar,
     BarBuilder,
-    Slices,
     TimeBarBuilder,
     TradeSlice,
     create_builder,
@@ -36,13 +34,11 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from ingest.config import BarSpec, PipelineSettings
+    from ingest.pipeline.book import SteadyBook
 
 __all__ = ["PipelineOutput", "RecentTrades", "SymbolPipeline", "indicator_columns"]
 
 Row = dict[str, Any]
-
-SESSION_STATE = attrgetter("_day", "_cv", "_cpv")
-"""What `ingest.pipeline.steady` reads of each pipeline: the session's day and running sums."""
 
 _DAY_NS = 86_400 * 1_000_000_000
 
@@ -129,6 +125,7 @@ class SymbolPipeline:
     __slots__ = (
         "_anomaly",
         "_anomaly_fixed",
+        "_book",
         "_builders",
         "_cpv",
         "_cv",
@@ -137,7 +134,7 @@ class SymbolPipeline:
         "_ev",
         "_seq",
         "_series",
-        "_time_builders",
+        "_slot",
         "late_trades",
         "symbol",
     )
@@ -146,7 +143,6 @@ class SymbolPipeline:
         self.symbol = symbol
         self._series = [_Series(spec, settings) for spec in settings.bars]
         self._builders: list[BarBuilder] = [s.builder for s in self._series]
-        self._time_builders = [b for b in self._builders if isinstance(b, TimeBarBuilder)]
         self._anomaly = AnomalyDetector(settings.anomaly)
         self._anomaly_fixed = {
             "method": settings.anomaly.method,
@@ -162,6 +158,11 @@ class SymbolPipeline:
         self._seq = 0
         self.late_trades = 0
         """Trades that arrived after a later time bar had opened (left out of that series)."""
+        self._book: SteadyBook | None = None
+        """The steady step's book while it holds this pipeline's state (`ingest.pipeline.book`):
+        then every method that reads or changes that state first takes it back."""
+        self._slot = -1
+        """The pipeline's slot in `_book` while held, else -1."""
 
     def on_trades(
         self,
@@ -184,10 +185,8 @@ class SymbolPipeline:
         price: npt.NDArray[np.float64],
         size: npt.NDArray[np.float64],
     ) -> list[Row]:
-        """`on_trades` of a non-empty batch but for its anomaly check: the bars it closes.
-
-        For `ingest.pipeline.steady`, which checks many symbols' trades for anomalies at once.
-        """
+        """`on_trades` of a non-empty batch but for its anomaly check: the bars it closes."""
+        self._take_back()
         m = len(ts)
         if m <= SCALAR_MAX:
             stamps = ts.tolist()
@@ -200,11 +199,29 @@ class SymbolPipeline:
         else:
             closed = self._run_sessions(ts, price, size)
         self._seq += m
+        return self._rows(closed)
+
+    def close_bars(self, trades: TradeSlice, series: Sequence[int]) -> list[Row]:
+        """The bars these series close on a slice of a pipeline the steady step holds.
+
+        For `ingest.pipeline.book`, which holds the session (`trades` carries its sums) and
+        has lent these series' builders their open bars; the other series took the slice
+        closing nothing.
+        """
+        return self._rows(self._update(trades, series))
+
+    def _rows(self, closed: list[tuple[int, Bar]]) -> list[Row]:
+        """The rows of the bars one slice closed, as if its trades came one at a time."""
         if not closed:
             return []
         if len(closed) > 1:
             closed.sort(key=lambda item: (item[1].seq, item[0]))
         return [self._row(self._series[i], bar, partial=False) for i, bar in closed]
+
+    def _take_back(self) -> None:
+        """Before anything reads or changes the steady state: take it back if a book holds it."""
+        if self._book is not None:
+            self._book.release(self)
 
     def anomaly_row(self, ts: int, anomaly: Anomaly) -> Row:
         """The anomalies table's row of a flagged trade stamped `ts`."""
@@ -219,33 +236,14 @@ class SymbolPipeline:
     @property
     def builders(self) -> list[BarBuilder]:
         """The bar builders, in the configured order of the series."""
+        self._take_back()
         return self._builders
 
     @property
     def anomaly(self) -> AnomalyDetector:
         """The tick anomaly detector."""
+        self._take_back()
         return self._anomaly
-
-    @staticmethod
-    def take_steady(pipelines: Sequence[SymbolPipeline], slices: Slices) -> None:
-        """`on_trades` of batches that `ingest.pipeline.steady` found close nothing.
-
-        Each batch is given by its summary (`Slices`). Its anomaly check is done there; this
-        moves the session and every open bar on, one loop a series for all the pipelines.
-        """
-        session_vwap = []
-        volume, notional, counts = (
-            slices.end_v.tolist(),
-            slices.end_pv.tolist(),
-            slices.counts.tolist(),
-        )
-        for p, v, pv, n in zip(pipelines, volume, notional, counts, strict=True):
-            p._cv = v
-            p._cpv = pv
-            p._seq += n
-            session_vwap.append(_ratio(pv - p._epv, v - p._ev))
-        for series in zip(*(p._builders for p in pipelines), strict=True):
-            type(series[0]).take_steady(series, slices, session_vwap)
 
     def warm_up(self, closes: Mapping[tuple[str, str], Sequence[float]]) -> int:
         """Feed each series the closes of its history (oldest first); how many series took some.
@@ -264,6 +262,8 @@ class SymbolPipeline:
     @property
     def trades_seen(self) -> int:
         """Trades fed so far: the next trade's arrival sequence number."""
+        if self._book is not None:
+            return int(self._book.seq[self._slot])
         return self._seq
 
     def correct_trade(
@@ -277,6 +277,7 @@ class SymbolPipeline:
         how many series there are: the others had closed the bar holding the trade (or left it
         out as late), or their open bar began before the oldest remembered trade.
         """
+        self._take_back()
         if self._day is not None and ts // _DAY_NS == self._day:
             self._cv += d_volume
             self._cpv += d_notional
@@ -305,6 +306,7 @@ class SymbolPipeline:
 
     def flush(self) -> PipelineOutput:
         """Close every open bar as partial (shutdown); indicators include the partial bar."""
+        self._take_back()
         out = PipelineOutput()
         for series in self._series:
             bar = series.builder.flush()
@@ -390,15 +392,23 @@ class SymbolPipeline:
             sv_end=_ratio(end_pv - self._epv, end_v - self._ev),
             price_list=prices,
         )
+        return self._update(trades, range(len(self._series)))
+
+    def _update(self, trades: TradeSlice, series: Sequence[int]) -> list[tuple[int, Bar]]:
+        """Run a slice through these series' builders: the bars closed, with their series."""
         closed: list[tuple[int, Bar]] = []
-        for i, series in enumerate(self._series):
-            bars = series.builder.update(trades)
+        late: list[npt.NDArray[np.bool_]] = []
+        for i in series:
+            builder = self._builders[i]
+            bars = builder.update(trades)
             if bars:
                 closed.extend((i, bar) for bar in bars)
-        for builder in self._time_builders:
-            if builder.late_mask is not None:
-                self._count_late()
-                break
+            if isinstance(builder, TimeBarBuilder) and builder.late_mask is not None:
+                late.append(builder.late_mask)
+        if late:
+            # A trade late for several series is one late trade.
+            mask = late[0] if len(late) == 1 else np.logical_or.reduce(late)
+            self.late_trades += int(np.count_nonzero(mask))
         return closed
 
     def _sums_vector(
@@ -439,13 +449,6 @@ class SymbolPipeline:
         ev = list(itertools.accumulate(_where(old, sizes), initial=self._ev))
         epv = list(itertools.accumulate(_where(old, notional), initial=self._epv))
         return cv, cpv, ev, epv
-
-    def _count_late(self) -> None:
-        masks = [b.late_mask for b in self._time_builders if b.late_mask is not None]
-        if len(masks) == 1:
-            self.late_trades += int(np.count_nonzero(masks[0]))
-        elif masks:
-            self.late_trades += int(np.count_nonzero(np.logical_or.reduce(masks)))
 
     def _row(self, series: _Series, bar: Bar, *, partial: bool) -> Row:
         values, trend = series.indicators.update(bar.close)

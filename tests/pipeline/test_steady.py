@@ -10,6 +10,7 @@ import pytest
 
 from ingest.config import PipelineSettings
 from ingest.pipeline import SymbolPipeline
+from ingest.pipeline.book import SteadyBook
 from ingest.pipeline.steady import take_steady
 from tests.pipeline.test_small_batches import CONFIGS, Stream, exact, stream
 
@@ -31,9 +32,13 @@ def _outputs(pipeline: SymbolPipeline, batch: Stream) -> list[Any]:
 
 
 def _state(pipeline: SymbolPipeline) -> list[Any]:
-    """What is left in a pipeline: its partial bars, counters, anomaly window."""
+    """What is left in a pipeline: its partial bars, counters, anomaly window.
+
+    And where each open bar began (what a correction finds it by).
+    """
     recent = pipeline.anomaly.recent
     return [
+        [b.open_since for b in pipeline.builders],
         exact(pipeline.flush().bars),
         pipeline.trades_seen,
         pipeline.late_trades,
@@ -44,12 +49,13 @@ def _state(pipeline: SymbolPipeline) -> list[Any]:
 def _run_both(settings: PipelineSettings, seed: int) -> tuple[int, int, int]:
     """Feed every symbol's batches one at a time, and flush by flush through `take_steady`.
 
-    Returns how many batches were offered, taken, and taken but closing (run through `bars_of`).
+    Returns how many batches were offered, taken, and taken but closing (`Steady.close`).
     """
     symbols = [f"S{s}" for s in range(SYMBOLS)]
     alone = [SymbolPipeline(name, settings) for name in symbols]
     together = [SymbolPipeline(name, settings) for name in symbols]
     batches = _batches(seed)
+    book = SteadyBook()
     seen: list[list[Any]] = [[] for _ in symbols]
     got: list[list[Any]] = [[] for _ in symbols]
     taken = offered = closing = 0
@@ -61,6 +67,7 @@ def _run_both(settings: PipelineSettings, seed: int) -> tuple[int, int, int]:
         if small:
             parts = [batches[s][f] for s in small]
             steady = take_steady(
+                book,
                 [together[s] for s in small],
                 np.concatenate([p[0] for p in parts]),
                 np.concatenate([p[1] for p in parts]),
@@ -77,7 +84,7 @@ def _run_both(settings: PipelineSettings, seed: int) -> tuple[int, int, int]:
             if steady is not None and position >= 0 and steady.taken[position]:
                 bars = []
                 if position in steady.closing:
-                    bars = together[s].bars_of(*batches[s][f])
+                    bars = steady.close(position)
                 got[s].append([exact(bars), exact(steady.anomalies.get(position, []))])
             else:
                 got[s].append(_outputs(together[s], batches[s][f]))
@@ -113,7 +120,7 @@ def test_a_flagged_trade_taken_together_is_reported_once_with_its_time() -> None
         p.on_trades(warm_ts, calm, np.ones(window))
     ts = np.array([start + 100, start + 101, start + 102], np.int64)
     price = np.array([100.01, 100.0, 130.0])
-    steady = take_steady(pipelines, ts, price, np.ones(3), np.array([1, 2], np.intp))
+    steady = take_steady(SteadyBook(), pipelines, ts, price, np.ones(3), np.array([1, 2], np.intp))
     assert steady.taken == [True, True]
     assert list(steady.anomalies) == [1]
     (row,) = steady.anomalies[1]
