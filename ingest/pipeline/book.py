@@ -224,14 +224,7 @@ class SteadyBook:
         self.recent[where] = [recents[i] for i in chosen]
         held = [pipelines[i] for i in chosen]
         for s, series in enumerate(zip(*map(_BUILDERS, held), strict=True)):
-            self.moved[s][:, where] = np.array(list(map(_MOVED, series))).T
-            self.fixed[s][:, where] = np.array(list(map(_FIXED, series))).T
-            self.n[s, where], self.open[s, where] = zip(*map(_COUNTS, series), strict=True)
-            if self._kinds[s][0] == "time":
-                self.seen[s, where], self.bucket[s, where] = zip(*map(_TIME, series), strict=True)
-            sv = list(map(_SV, series))
-            self.sv_set[s, where] = [v is not None for v in sv]
-            self.sv[s, where] = [np.nan if v is None else v for v in sv]
+            self._read_series(s, where, series)
         for pipeline, slot in zip(held, slots, strict=True):
             pipeline._book = self
             pipeline._slot = slot
