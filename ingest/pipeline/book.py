@@ -9,8 +9,8 @@ A `SteadyBook` holds that state instead, one array per field across symbols, for
 it holds. A pipeline is *held* from the flush that first takes it until anything else needs it:
 every `SymbolPipeline` method that reads or changes that state first hands it back
 (`release`), one symbol's attributes at a time. In between the steady step reads and moves it
-in the arrays alone. A symbol whose batches keep closing nothing stays held; one whose batch
-closes a bar is released to its bar builders and held again at its next steady batch.
+in the arrays alone. A batch that closes a bar keeps its symbol held too: the book lends the
+closing series' builders their open bar (`lend`) and reads it back after (`keep`).
 
 Only what the steady step moves is written back (the session's sums and count, the anomaly
 window, each open bar's range, close, count and session VWAP); the rest is read when held and
@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 
 __all__ = ["SteadyBook"]
 
+_PER_SLOT = ("day", "seq", "cv", "cpv", "ev", "epv", "recent")
+"""The arrays of one entry (or row) a slot."""
+_PER_SERIES = ("moved", "fixed", "n", "open", "seen", "bucket", "sv", "sv_set")
+"""The arrays of one row a series, their last axis the slot."""
+_HELD_SLOT = attrgetter("_slot")
 _SESSION = attrgetter("_day", "_cv", "_cpv", "_ev", "_epv", "_seq")
 _RECENT = attrgetter("_anomaly._recent")
 _BUILDERS = attrgetter("_builders")
@@ -265,28 +270,21 @@ class SteadyBook:
         ]
         self.recent = np.empty((0, self._detector.window))
         series = len(self._kinds)
-        self.moved = np.empty((series, 5, 0))
-        self.fixed = np.empty((series, 4, 0))
-        for name in ("n", "bucket"):
-            setattr(self, name, np.empty((series, 0), np.int64))
-        for name in ("open", "seen", "sv_set"):
-            setattr(self, name, np.empty((series, 0), np.bool_))
-        self.sv = np.empty((series, 0))
+        for name in _PER_SERIES:  # (series, [field,] slot), as `__init__` shapes them
+            old = getattr(self, name)
+            setattr(self, name, np.empty((series, *old.shape[1:]), old.dtype))
 
     def _grow(self, capacity: int) -> None:
         """Room for `capacity` slots; the held slots keep their values."""
         extra = capacity - self._capacity
-        for name in ("day", "seq", "cv", "cpv", "ev", "epv", "recent"):
+        for name in _PER_SLOT:
             old = getattr(self, name)
             setattr(self, name, np.concatenate((old, np.zeros((extra, *old.shape[1:]), old.dtype))))
-        for name in ("moved", "fixed", "n", "open", "seen", "bucket", "sv", "sv_set"):
+        for name in _PER_SERIES:
             old = getattr(self, name)
             pad = np.zeros((*old.shape[:-1], extra), old.dtype)
             setattr(self, name, np.concatenate((old, pad), axis=-1))
         self._capacity = capacity
-
-
-_HELD_SLOT = attrgetter("_slot")
 
 
 def _write_moved(builder: BarBuilder, book: SteadyBook, series: int, slot: int) -> None:

@@ -206,13 +206,11 @@ def take_steady(
             out.anomalies.setdefault(k, []).append(row)
 
     book.recent[at[chosen]] = kept
-    vwap = book.session_vwap(at[chosen], slices.take(chosen))
-    book.move_on(at[chosen], slices.take(chosen), vwap, takes[:, chosen])
+    vwap = book.session_vwap(at, slices)
+    book.move_on(at[chosen], slices.take(chosen), vwap[chosen], takes[:, chosen])
     out.closing = np.flatnonzero(steady & ~absorbed).tolist()
     if out.closing:
-        full_vwap = np.full(k_all, np.nan)
-        full_vwap[chosen] = vwap
         out._closes = _Closes(
-            book, pipelines, at, takes, starts, ts, price, size, cum_v, cum_pv, slices, full_vwap
+            book, pipelines, at, takes, starts, ts, price, size, cum_v, cum_pv, slices, vwap
         )
     return out
