@@ -487,12 +487,12 @@ def _articles(rs: Sequence[m.NewsArticle]) -> pa.Table:
 
 def _rows(schema: pa.Schema) -> Converter:
     """Rows given as dicts (pipeline output: bars and anomalies are rare, per bar or per flag)."""
+    plain = schema.set(0, pa.field("symbol", pa.string()))
 
     def convert(rows: Sequence[dict[str, Any]]) -> pa.Table:
-        table = pa.Table.from_pylist(
-            list(rows), schema=schema.set(0, pa.field("symbol", pa.string()))
-        )
-        return table.cast(schema)
+        # Only the symbol column changes type: casting the whole table costs a call a column.
+        table = pa.Table.from_pylist(list(rows), schema=plain)
+        return table.set_column(0, schema.field(0), table.column(0).dictionary_encode())
 
     return convert
 
