@@ -25,6 +25,7 @@ import anyio
 import structlog
 
 from ingest import __version__
+from ingest.arrowpool import daemon_memory_pool
 from ingest.collector import daemon_collector
 from ingest.config import STREAMS
 from ingest.intake import StreamIntake, close_journals, create_segment_writer
@@ -293,7 +294,7 @@ async def run_daemon(
     log.info("daemon_started", source=source.name, streams=list(streams), data_dir=str(root))
     recovered = 0
     dedup = run.dedup_filter()
-    with daemon_collector():
+    with daemon_collector(), daemon_memory_pool():
         async with anyio.create_task_group() as root_group:
             await root_group.start(run_watchdog, notifier, state.alive)
             state.port = await root_group.start(serve, settings.server, state, metrics, hub)
