@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SteadyBook"]
 
-_PER_SLOT = ("day", "seq", "cv", "cpv", "ev", "epv", "recent")
+_PER_SLOT = ("day", "seq", "cv", "cpv", "ev", "epv", "recent", "filled")
 """The arrays of one entry (or row) a slot."""
 _PER_SERIES = ("moved", "fixed", "n", "open", "seen", "bucket", "sv", "sv_set")
 """The arrays of one row a series, their last axis the slot."""
@@ -73,6 +73,8 @@ class SteadyBook:
         self.ev = np.empty(0)
         self.epv = np.empty(0)
         self.recent = np.empty((0, 0))
+        """The anomaly window's last prices, right-aligned: the last `filled` of a row hold them."""
+        self.filled = np.empty(0, np.int64)
         self.moved = np.empty((0, 5, 0))
         """Per series, field (`_MOVED`), slot."""
         self.fixed = np.empty((0, 4, 0))
@@ -94,8 +96,8 @@ class SteadyBook:
     def hold(self, pipelines: Sequence[SymbolPipeline]) -> npt.NDArray[np.intp]:
         """Each pipeline's slot, holding those not yet held; -1 for one that cannot be held.
 
-        A pipeline is held once its session has begun and its anomaly window is full: before,
-        no batch of it is steady.
+        A pipeline is held once its session has begun (its first trade starts it, in its task);
+        its anomaly window may still be filling.
         """
         slots = np.fromiter(map(_HELD_SLOT, pipelines), np.intp, len(pipelines))
         loose = np.flatnonzero(slots < 0)
@@ -113,7 +115,8 @@ class SteadyBook:
         pipeline._cv = float(self.cv[slot])
         pipeline._cpv = float(self.cpv[slot])
         pipeline._seq = int(self.seq[slot])
-        pipeline._anomaly._recent = self.recent[slot].copy()
+        start = self.detector.window - int(self.filled[slot])
+        pipeline._anomaly._recent = self.recent[slot, start:].copy()
         for i, builder in enumerate(pipeline._builders):
             _write_moved(builder, self, i, slot)
 
@@ -211,12 +214,8 @@ class SteadyBook:
         if self._detector is None:
             self._configure(pipelines[0])
         window = self.detector.window
-        ready = [
-            day is not None and len(recent) == window
-            for (day, *_), recent in zip(sessions, recents, strict=True)
-        ]
         out = [-1] * len(pipelines)
-        chosen = [i for i, ok in enumerate(ready) if ok]
+        chosen = [i for i, (day, *_) in enumerate(sessions) if day is not None]
         if not chosen:
             return out
         slots = [self._slot_of(pipelines[i]) for i in chosen]
@@ -226,7 +225,13 @@ class SteadyBook:
         day, cv, cpv, ev, epv, seq = zip(*(sessions[i] for i in chosen), strict=True)
         self.day[where], self.seq[where] = day, seq
         self.cv[where], self.cpv[where], self.ev[where], self.epv[where] = cv, cpv, ev, epv
-        self.recent[where] = [recents[i] for i in chosen]
+        filled = [len(recents[i]) for i in chosen]
+        self.filled[where] = filled
+        if min(filled) == window:
+            self.recent[where] = [recents[i] for i in chosen]
+        else:
+            for slot, i, n in zip(slots, chosen, filled, strict=True):
+                self.recent[slot, window - n :] = recents[i]
         held = [pipelines[i] for i in chosen]
         for s, series in enumerate(zip(*map(_BUILDERS, held), strict=True)):
             self._read_series(s, where, series)

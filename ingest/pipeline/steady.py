@@ -4,8 +4,10 @@ At a trickle a flush brings each of hundreds of symbols a trade or two, and one 
 call costs about the same whatever its size (~20 us warm, more with its state out of cache): the
 latency of a paced run is that fixed cost times the symbols of a flush. `take_steady` takes a
 flush's batches that stay in their session (no new UTC day, no trade of an earlier one) once the
-anomaly window is full. Their trades are checked for anomalies together, with a few numpy calls
-over every symbol's window. Their sessions move on from a summary of their batch, and so does
+session has begun. Their trades are checked for anomalies together, with a few numpy calls over
+every symbol's window; a trade with fewer than `window` prices before it only fills its window,
+as in `AnomalyDetector.detect`, so the symbols starting up (20 trades each by default) are taken
+too instead of each paying a call in its task. Their sessions move on from a summary of their batch, and so does
 every open bar the batch closes nothing of, in the arrays of the `SteadyBook` that holds their
 state (`ingest.pipeline.book`), a few numpy calls a series for all of them. The few series a
 batch closes a bar of (or has a late trade for) go through their own bar builders
@@ -125,7 +127,7 @@ def take_steady(
     size: npt.NDArray[np.float64],
     counts: npt.NDArray[np.intp],
 ) -> Steady:
-    """Take every batch that stays in its session once the anomaly window is full.
+    """Take every batch that stays in its session once the session has begun.
 
     The batches are consecutive in `ts`, `price` and `size`, `counts[k]` trades (at least one)
     for `pipelines[k]`, each in arrival order. All pipelines share one configuration and are
@@ -193,12 +195,16 @@ def take_steady(
     history[:, :window] = book.recent[at[chosen]]
     history[trade_row, window + trade_col] = price[mine]
     span = np.arange(window)
-    hits = detector.check_windows(
-        history[trade_row[:, None], trade_col[:, None] + span], price[mine]
-    )
+    # A trade is checked once `window` prices precede it; before, it only fills the window.
+    filled = book.filled[at[chosen]]
+    current, stamps = price[mine], ts[mine]
+    checked = filled[trade_row] + trade_col >= window
+    if not checked.all():
+        trade_row, trade_col = trade_row[checked], trade_col[checked]
+        current, stamps = current[checked], stamps[checked]
+    hits = detector.check_windows(history[trade_row[:, None], trade_col[:, None] + span], current)
     kept = history[np.arange(len(chosen))[:, None], counts[chosen][:, None] + span]
     if hits:
-        stamps = ts[mine]
         owner = chosen[trade_row]
         for hit in hits:
             k = int(owner[hit.index])
@@ -206,6 +212,7 @@ def take_steady(
             out.anomalies.setdefault(k, []).append(row)
 
     book.recent[at[chosen]] = kept
+    book.filled[at[chosen]] = np.minimum(filled + counts[chosen], window)
     vwap = book.session_vwap(at, slices)
     book.move_on(at[chosen], slices.take(chosen), vwap[chosen], takes[:, chosen])
     out.closing = np.flatnonzero(steady & ~absorbed).tolist()
