@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
-import pytest
 
 from ingest.arrowpool import POOL_VARIABLE, daemon_memory_pool
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def test_the_system_pool_while_the_daemon_runs_and_the_previous_one_after(

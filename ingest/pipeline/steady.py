@@ -7,10 +7,10 @@ flush's batches that stay in their session (no new UTC day, no trade of an earli
 session has begun. Their trades are checked for anomalies together, with a few numpy calls over
 every symbol's window; a trade with fewer than `window` prices before it only fills its window,
 as in `AnomalyDetector.detect`, so the symbols starting up (20 trades each by default) are taken
-too instead of each paying a call in its task. Their sessions move on from a summary of their batch, and so does
-every open bar the batch closes nothing of, in the arrays of the `SteadyBook` that holds their
-state (`ingest.pipeline.book`), a few numpy calls a series for all of them. The few series a
-batch closes a bar of (or has a late trade for) go through their own bar builders
+too instead of each paying a call in its task. Their sessions move on from a summary of their
+batch, and so does every open bar the batch closes nothing of, in the arrays of the `SteadyBook`
+that holds their state (`ingest.pipeline.book`), a few numpy calls a series for all of them. The
+few series a batch closes a bar of (or has a late trade for) go through their own bar builders
 (`Steady.close`, which the caller runs). The others are left as they were, for
 `SymbolPipeline.on_trades`.
 
