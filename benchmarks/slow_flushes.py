@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import logging
 import statistics
 import tempfile
@@ -64,7 +65,7 @@ def _timed(current: Counter[str], name: str, function: Callable[..., Any]) -> Ca
     def note(started: int) -> None:
         current[name] += time.thread_time_ns() - started
 
-    if name in ("rows", "hand_over"):
+    if inspect.iscoroutinefunction(function):
 
         @functools.wraps(function)
         async def awaited(*args: Any, **kwargs: Any) -> Any:

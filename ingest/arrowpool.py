@@ -5,7 +5,7 @@ within milliseconds, so the next flush touches fresh pages again; here (a 2-vCPU
 those page faults now and then costs 4-7 ms of kernel time inside an ordinary Arrow call (a
 timestamp cast, a dictionary encode), and at 100k ticks/s offered a stall that long is the p99
 frame latency. glibc's malloc keeps small and medium blocks for reuse: no such stalls in the same
-runs, the same throughput, ~70 MB less peak RSS (docs/performance.md, "Stalls in Arrow calls").
+runs, the same throughput, ~70 MB less peak RSS (docs/performance.md, "Loop stalls and warm-up").
 Arrow's own switch, the `ARROW_DEFAULT_MEMORY_POOL` environment variable, still wins when set.
 """
 

@@ -227,11 +227,8 @@ class SteadyBook:
         self.cv[where], self.cpv[where], self.ev[where], self.epv[where] = cv, cpv, ev, epv
         filled = [len(recents[i]) for i in chosen]
         self.filled[where] = filled
-        if min(filled) == window:
-            self.recent[where] = [recents[i] for i in chosen]
-        else:
-            for slot, i, n in zip(slots, chosen, filled, strict=True):
-                self.recent[slot, window - n :] = recents[i]
+        for slot, i, n in zip(slots, chosen, filled, strict=True):
+            self.recent[slot, window - n :] = recents[i]  # right-aligned: a filling window too
         held = [pipelines[i] for i in chosen]
         for s, series in enumerate(zip(*map(_BUILDERS, held), strict=True)):
             self._read_series(s, where, series)
