@@ -24,9 +24,9 @@ import numpy as np
 import storage.parquet
 from ingest.app import run_daemon
 from ingest.config import settings_from_mapping
-from ingest.corrections import TradeMemory, trade_keys, trade_records
 from ingest.metrics import Metrics
 from ingest.screen import screen_frame
+from ingest.trade_memory import TradeMemory, trade_keys, trade_records
 from streams.base import Frame
 from streams.messages import FrameDecoder, StockTrade
 from tests.faults.burst import BurstSource, burst_symbols

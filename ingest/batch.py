@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import numpy as np
 import pyarrow as pa
 
-from ingest.corrections import TRADE_RECORD, trade_keys, trade_records
+from ingest.trade_memory import TRADE_RECORD, trade_keys, trade_records
 from storage.refusals import CONVERSION_ERRORS
 from storage.schemas import parse_timestamps
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     import numpy.typing as npt
 
-    from ingest.corrections import TradeKeys
+    from ingest.trade_memory import TradeKeys
     from storage.schemas import MarketConverter
     from streams.messages import AnyMessage, StockTrade
 

@@ -29,12 +29,13 @@ import structlog
 
 from ingest.batch import TRADES, Arrivals, Grouped, Rows, SymbolBatch, TradeRuns, group_flush
 from ingest.config import PipelineSettings, Settings, StreamName
-from ingest.corrections import TradeMemory, apply_correction, trade_keys, trade_records
+from ingest.corrections import apply_correction
 from ingest.inbox import Inbox
 from ingest.pipeline import PipelineOutput, SymbolPipeline
 from ingest.pipeline.book import SteadyBook
 from ingest.pipeline.steady import Steady, take_steady
 from ingest.screen import parseable_timestamps, screen_frame
+from ingest.trade_memory import TradeMemory, TradeStore, trade_keys, trade_records
 from storage.parquet import SEAL_GRACE_SECONDS, Dataset
 from storage.schemas import MarketConverter, parse_timestamps, stamp_ns, table_for, table_spec
 from streams.messages import (
@@ -172,6 +173,10 @@ class StreamRouter:
         self._memories: dict[str, TradeMemory | None] = {}
         """Each symbol task's pipeline and trade memory, for the steady path of the flusher
         (`_take_steady`), which uses them only while the task is idle."""
+        self._trade_store = (
+            TradeStore(settings.pipeline.correction_window) if self._remembers_trades else None
+        )
+        """Where every symbol's trade memory is (`ingest.trade_memory`): one scatter a flush."""
         self._book = SteadyBook()
         """The steady step's state of the pipelines it holds, across symbols."""
         self._inflight: dict[str, deque[int]] = {}
@@ -392,29 +397,47 @@ class StreamRouter:
         fed = np.array([k not in failed for k in taken.tolist()]) if failed else slice(None)
         lags = (now - runs.newest_ts[taken]) / 1e9
         self._metrics.latency.observe_many(lags[fed], self.stream, counts=counts[fed])
-        records, last, to_remember = runs.records, runs.last_positions, runs.to_remember
-        for k, n, first, newest, newest_ts in zip(
+        records, last = runs.records, runs.last_positions
+        for k, n, newest, newest_ts in zip(
             taken.tolist(),
             counts.tolist(),
-            first_seq.tolist(),
             runs.newest_recv[taken].tolist(),
             runs.newest_ts[taken].tolist(),
             strict=True,
         ):
-            symbol = runs.names[k]
-            state = self.symbols[symbol]
+            state = self.symbols[runs.names[k]]
             state.messages += n
             state.last_recv_ns = newest
             _note_newest(state.seen, TRADES, _T(records[last[k]]))
             if k not in failed:
-                start = int(runs.starts[k])
-                self._keep(
-                    symbol,
-                    self._memories.get(symbol),
-                    first,
-                    None if to_remember is None else to_remember[start : start + n],
-                    newest_ts,
-                )
+                state.last_event_ns = newest_ts
+        if self._trade_store is not None and runs.to_remember is not None:
+            kept = taken[fed]
+            self._remember_runs(self._trade_store, runs, kept, first_seq[fed])
+
+    def _remember_runs(
+        self,
+        store: TradeStore,
+        runs: TradeRuns,
+        taken: npt.NDArray[np.intp],
+        first_seq: npt.NDArray[np.int64],
+    ) -> None:
+        """Remember the trades of these runs (ascending) in their symbols' memories, at once."""
+        if not len(taken):
+            return
+        assert runs.to_remember is not None
+        memories = self._memories
+        slots = np.fromiter(
+            (cast("TradeMemory", memories[runs.names[k]]).slot for k in taken.tolist()),
+            np.intp,
+            len(taken),
+        )
+        records = runs.to_remember
+        if len(taken) < len(runs.names):
+            chosen = np.zeros(len(runs.names), np.bool_)
+            chosen[taken] = True
+            records = records[np.repeat(chosen, runs.counts)]
+        store.remember_runs(slots, first_seq, runs.counts[taken], records)
 
     def _closing_bars(
         self, runs: TradeRuns, steady: Steady, offered: list[int]
@@ -569,6 +592,9 @@ class StreamRouter:
         self._metrics.symbol_failures.inc(self.stream)
         self.symbols[symbol].failures += 1
         self._pipelines[symbol] = self._factory(symbol, self._settings.pipeline)
+        memory = self._memories.get(symbol)
+        if memory is not None:
+            memory.close()
         self._memories[symbol] = self._memory()
 
     @property
@@ -577,9 +603,7 @@ class StreamRouter:
         return self.stream == "stocks" and self._settings.pipeline.correction_window > 0
 
     def _memory(self) -> TradeMemory | None:
-        if not self._remembers_trades:
-            return None
-        return TradeMemory(self._settings.pipeline.correction_window)
+        return None if self._trade_store is None else self._trade_store.open()
 
     async def _process(
         self,

@@ -21,9 +21,9 @@ from ingest.batch import Arrivals, build_batches, group_flush
 from ingest.bench.stages import BenchSource, saturated_batches
 from ingest.bench.workload import START_NS, make_workload
 from ingest.cli import main
-from ingest.corrections import TRADE_RECORD
 from ingest.metrics import FAST_BUCKETS, Histogram, Metrics
 from ingest.pipeline import SymbolPipeline
+from ingest.trade_memory import TRADE_RECORD
 from storage.parquet import write_parquet_atomically
 from storage.schemas import parse_timestamps, table_spec
 from streams.messages import FrameDecoder, StockQuote, StockTrade

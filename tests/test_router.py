@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -16,6 +18,7 @@ from ingest.metrics import Metrics
 from ingest.pipeline import SymbolPipeline, indicator_columns
 from ingest.pipeline.steady import Steady, take_steady
 from ingest.router import BATCH_MESSAGES, BATCH_PER_SYMBOL, StreamRouter, pending_limit
+from ingest.trade_memory import TradeMemory, TradeStore
 from storage.parquet import open_dataset
 from storage.quarantine import Quarantine
 from streams.base import Frame
@@ -81,10 +84,24 @@ def _trickle(step_ns: int) -> list[list[AnyMessage]]:
     return [*frames, [fixed]]
 
 
-async def _run_trickle(root: Path, bars: list[str] | None) -> StreamRouter:
+def _bursts(step_ns: int) -> list[list[AnyMessage]]:
+    """The trickle's trades six a frame, and now and then 70 of a third symbol besides.
+
+    A flush then holds several symbols' runs, the third's too long for the steady step.
+    """
+    *trickle, fixed = _trickle(step_ns)
+    frames = [list(chain(*trickle[i : i + 6])) for i in range(0, len(trickle), 6)]
+    for k in range(0, len(frames), 5):
+        stamp = frames[k][0].t  # type: ignore[union-attr]
+        busy = [StockTrade(S="CCC", t=stamp, i=j, x="V", p=10.0 + j % 7, s=1.0) for j in range(70)]
+        frames[k] = busy + frames[k]
+    return [*frames, fixed]
+
+
+async def _run_trickle(root: Path, bars: list[str] | None, *, bursts: bool = False) -> StreamRouter:
     config: dict[str, Any] = {
         "ingest": {"data_dir": str(root), "streams": ["stocks"]},
-        "streams": {"stocks": {"symbols": ["AAA", "BBB"]}},
+        "streams": {"stocks": {"symbols": ["AAA", "BBB", "CCC"] if bursts else ["AAA", "BBB"]}},
         "server": {"listen": ""},
     }
     if bars is not None:
@@ -100,7 +117,8 @@ async def _run_trickle(root: Path, bars: list[str] | None) -> StreamRouter:
         router = StreamRouter("stocks", settings, dataset, Quarantine(root, "t"), Metrics())
         async with anyio.create_task_group() as group:
             await group.start(router.run)
-            for messages in _trickle(1_000_000 if bars is None else 25_000_000):
+            frames = _bursts if bursts else _trickle
+            for messages in frames(1_000_000 if bars is None else 25_000_000):
                 recv_ns = time.time_ns()
                 for message in messages:
                     message.recv_ns = recv_ns
@@ -118,7 +136,15 @@ def _accounts(router: StreamRouter) -> dict[str, Any]:
         "messages": metrics.messages.values,
         "lags": sum(metrics.latency.counts[("stocks",)]),
         "batches": sum(metrics.pipeline_latency.counts[("stocks",)]),
+        "remembered": {s: _remembered(m) for s, m in router._memories.items()},
     }
+
+
+def _remembered(memory: TradeMemory | None) -> tuple[list[int], list[int], list[float]]:
+    """A symbol's trade memory: the positions, times and prices of its trades."""
+    assert memory is not None
+    recent = memory.recent()
+    return recent.seq.tolist(), recent.ts.tolist(), recent.price.tolist()
 
 
 BAR_COLUMNS = (
@@ -180,6 +206,35 @@ def test_trickled_trades_take_the_steady_path_with_the_same_results(
     else:
         closed = query(tmp_path / "steady", "stocks", "bars", "select count(*) from t")
         assert closed[0][0] > 40
+
+
+def test_a_flush_of_several_symbols_remembers_the_steady_ones_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs taken from a flush of several symbols go into their memories in one scatter.
+
+    A third symbol's long runs go to its task: the steady step remembers only what it took,
+    and every memory ends as the tasks alone leave it.
+    """
+    scatters: list[int] = []
+    remember_runs = TradeStore.remember_runs
+
+    def counting(self: TradeStore, slots: Any, *args: Any) -> None:
+        scatters.append(len(slots))
+        remember_runs(self, slots, *args)
+
+    monkeypatch.setattr(TradeStore, "remember_runs", counting)
+    steady = anyio.run(partial(_run_trickle, bursts=True), tmp_path / "steady", SMALL_BARS)
+    assert max(scatters) >= 2
+    monkeypatch.setattr(router_module, "STEADY_MAX", 0)
+    alone = anyio.run(partial(_run_trickle, bursts=True), tmp_path / "alone", SMALL_BARS)
+    assert _accounts(steady) == _accounts(alone)
+    assert len(_accounts(steady)["remembered"]["CCC"][0]) == 70 * 6
+    assert {s: state.messages for s, state in steady.symbols.items()} == {
+        "AAA": 81,
+        "BBB": 80,
+        "CCC": 420,
+    }
 
 
 def test_the_steady_steps_trades_are_in_flight_until_their_rows_are_written(

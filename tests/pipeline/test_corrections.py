@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from ingest.config import BarSpec, PipelineSettings
-from ingest.corrections import TradeMemory, apply_correction, trade_keys, trade_records
+from ingest.corrections import apply_correction
 from ingest.pipeline import SymbolPipeline
+from ingest.trade_memory import PAGE, TradeMemory, trade_keys, trade_records
 from streams.messages import CancelError, Correction, StockTrade
 from tests.pipeline._data import Trades, load_esu4_trades
 
@@ -219,14 +220,14 @@ class TestMemory:
         assert memory.recent().oldest == 90
 
     def test_never_holds_room_for_more_than_the_window(self) -> None:
-        """A ring: room grows by doubling up to the window, never past it (41 bytes a trade)."""
+        """Pages of 64 trades, taken as the ring reaches them, up to the window's (a ring)."""
         pipeline, memory = SymbolPipeline("ES", SETTINGS), TradeMemory(100)
         rooms = []
         for lo in range(0, 120, 7):
             feed(pipeline, memory, REAL, lo, min(lo + 7, 120))
             rooms.append(memory.capacity)
-        assert rooms[0] == 64
-        assert max(rooms) == rooms[-1] == 100
+        assert rooms[0] == PAGE
+        assert max(rooms) == rooms[-1] == 2 * PAGE  # 100 trades, rounded up to whole pages
         assert memory.recent().seq.tolist() == list(range(20, 120))
         assert memory.recent().price.tolist() == REAL.price[20:].tolist()
 
@@ -235,7 +236,7 @@ class TestMemory:
         pipeline, memory = SymbolPipeline("ES", SETTINGS), TradeMemory(30)
         for lo in range(0, 120, 7):
             feed(pipeline, memory, REAL, lo, min(lo + 7, 120))
-        assert memory.capacity == 30
+        assert memory.capacity == PAGE
         # Trade 105: the open minute (00:01, trades 96-119) and the open tick bar (100-119).
         assert apply_correction(pipeline, memory, correction(105, 5531.0, 4.0)) == "open_bar"
         assert apply_correction(pipeline, memory, cancel(101)) == "open_bar"
@@ -280,4 +281,4 @@ class TestMemory:
             assert recent.oldest == model[-window:][0][0]
             assert recent.seq.tolist() == [t[0] for t in alive]
             assert recent.price.tolist() == [t[2] for t in alive]
-            assert memory.capacity <= window
+            assert memory.capacity <= -(-window // PAGE) * PAGE
