@@ -169,22 +169,21 @@ class SteadyBook:
         self.cv[slots] = slices.end_v
         self.cpv[slots] = slices.end_pv
         self.seq[slots] += slices.counts
-        has_vwap = ~np.isnan(vwap)
-        for i in range(len(self._kinds)):
-            here = slots[takes[i]]
-            if not len(here):
-                continue
-            part = slices.take(np.flatnonzero(takes[i]))
-            moved = self.moved[i][:, here]
-            np.copyto(moved[_H], part.high, where=part.high > moved[_H])
-            np.copyto(moved[_L], part.low, where=part.low < moved[_L])
-            moved[_C] = part.last
-            moved[_END_V] = part.end_v
-            moved[_END_PV] = part.end_pv
-            self.moved[i][:, here] = moved
-            self.n[i, here] += part.counts
-            self.sv[i, here] = vwap[takes[i]]
-            self.sv_set[i, here] = has_vwap[takes[i]]
+        # Every series at once, (series, slot) grids: where a series' bar does not take its
+        # slice, each field keeps its value.
+        moved = self.moved[:, :, slots]
+        high, low = moved[:, _H], moved[:, _L]
+        np.copyto(high, slices.high, where=takes & (slices.high > high))
+        np.copyto(low, slices.low, where=takes & (slices.low < low))
+        np.copyto(moved[:, _C], slices.last, where=takes)
+        np.copyto(moved[:, _END_V], slices.end_v, where=takes)
+        np.copyto(moved[:, _END_PV], slices.end_pv, where=takes)
+        self.moved[:, :, slots] = moved
+        self.n[:, slots] += np.where(takes, slices.counts, 0)
+        sv, sv_set = self.sv[:, slots], self.sv_set[:, slots]
+        np.copyto(sv, vwap, where=takes)
+        np.copyto(sv_set, ~np.isnan(vwap), where=takes)
+        self.sv[:, slots], self.sv_set[:, slots] = sv, sv_set
 
     def lend(self, slot: int, series: Sequence[int], pipeline: SymbolPipeline) -> None:
         """Give these series' builders of a held pipeline their open bars, to close some."""

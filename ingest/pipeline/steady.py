@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ingest.pipeline.bars import Slices, TradeSlice
 
@@ -194,7 +195,9 @@ def take_steady(
     history = np.empty((len(chosen), window + width - 1))
     history[:, :window] = book.recent[at[chosen]]
     history[trade_row, window + trade_col] = price[mine]
-    span = np.arange(window)
+    # Row r, column c: the `window` prices before trade c of row r (a view; indexing it copies
+    # whole windows, C-contiguous, as `check_windows` wants them).
+    windows = sliding_window_view(history, window, axis=1)
     # A trade is checked once `window` prices precede it; before, it only fills the window.
     filled = book.filled[at[chosen]]
     current, stamps = price[mine], ts[mine]
@@ -202,8 +205,8 @@ def take_steady(
     if not checked.all():
         trade_row, trade_col = trade_row[checked], trade_col[checked]
         current, stamps = current[checked], stamps[checked]
-    hits = detector.check_windows(history[trade_row[:, None], trade_col[:, None] + span], current)
-    kept = history[np.arange(len(chosen))[:, None], counts[chosen][:, None] + span]
+    hits = detector.check_windows(windows[trade_row, trade_col], current)
+    kept = windows[np.arange(len(chosen)), counts[chosen]]
     if hits:
         owner = chosen[trade_row]
         for hit in hits:
