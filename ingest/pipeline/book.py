@@ -39,7 +39,20 @@ __all__ = ["SteadyBook"]
 
 _PER_SLOT = ("day", "seq", "cv", "cpv", "ev", "epv", "recent", "filled")
 """The arrays of one entry (or row) a slot."""
-_PER_SERIES = ("moved", "fixed", "n", "open", "seen", "bucket", "sv", "sv_set")
+_PER_SERIES = (
+    "moved",
+    "fixed",
+    "n",
+    "open",
+    "seen",
+    "bucket",
+    "sv",
+    "sv_set",
+    "first",
+    "start",
+    "seq0",
+    "fixes",
+)
 """The arrays of one row a series, their last axis the slot."""
 _HELD_SLOT = attrgetter("_slot")
 _SESSION = attrgetter("_day", "_cv", "_cpv", "_ev", "_epv", "_seq")
@@ -50,10 +63,14 @@ _MOVED = attrgetter("_h", "_l", "_c", "_s_end_v", "_s_end_pv")
 _FIXED = attrgetter("_s0_v", "_s0_pv", "_base_v", "_base_pv")
 """The open bar's floats a count bar's threshold is tested with (fixed while the bar is open)."""
 _COUNTS = attrgetter("_n", "_open")
+_BEGUN = attrgetter("_o", "_ts", "_seq0", "_fixes")
+"""What the open bar's first trade set: open price, start time, sequence number, fixes."""
 _TIME = attrgetter("_seen", "_bucket")
 _SV = attrgetter("_sv")
-_H, _L, _C, _END_V, _END_PV = range(5)
-_S0_V, _S0_PV, _BASE_V, _BASE_PV = range(4)
+H, L, C, END_V, END_PV = range(5)
+"""The fields of `SteadyBook.moved`, in `_MOVED` order."""
+S0_V, S0_PV, BASE_V, BASE_PV = range(4)
+"""The fields of `SteadyBook.fixed`, in `_FIXED` order."""
 
 
 class SteadyBook:
@@ -86,6 +103,16 @@ class SteadyBook:
         self.sv = np.empty((0, 0))
         """Session VWAP after the open bar's last trade, NaN where there is none (`sv_set`)."""
         self.sv_set = np.empty((0, 0), np.bool_)
+        self.first = np.empty((0, 0))
+        """The open bar's open price (`_BEGUN`, as are `start`, `seq0` and `fixes`)."""
+        self.start = np.empty((0, 0), np.int64)
+        self.seq0 = np.empty((0, 0), np.int64)
+        self.fixes = np.empty((0, 0), np.int64)
+
+    @property
+    def kinds(self) -> list[tuple[str, float]]:
+        """Per series: its kind ("time" or a count kind) and its width or threshold."""
+        return self._kinds
 
     @property
     def detector(self) -> AnomalyDetector:
@@ -137,9 +164,9 @@ class SteadyBook:
             if kind == "tick":
                 fills = self.n[i, slots] + slices.counts >= int(size)
             elif kind == "volume":
-                fills = (slices.end_v - fixed[_S0_V]) + fixed[_BASE_V] >= size
+                fills = (slices.end_v - fixed[S0_V]) + fixed[BASE_V] >= size
             else:
-                fills = (slices.end_pv - fixed[_S0_PV]) + fixed[_BASE_PV] >= size
+                fills = (slices.end_pv - fixed[S0_PV]) + fixed[BASE_PV] >= size
             takes[i] = self.open[i, slots] & ~fills
         return takes
 
@@ -172,12 +199,12 @@ class SteadyBook:
         # Every series at once, (series, slot) grids: where a series' bar does not take its
         # slice, each field keeps its value.
         moved = self.moved[:, :, slots]
-        high, low = moved[:, _H], moved[:, _L]
+        high, low = moved[:, H], moved[:, L]
         np.copyto(high, slices.high, where=takes & (slices.high > high))
         np.copyto(low, slices.low, where=takes & (slices.low < low))
-        np.copyto(moved[:, _C], slices.last, where=takes)
-        np.copyto(moved[:, _END_V], slices.end_v, where=takes)
-        np.copyto(moved[:, _END_PV], slices.end_pv, where=takes)
+        np.copyto(moved[:, C], slices.last, where=takes)
+        np.copyto(moved[:, END_V], slices.end_v, where=takes)
+        np.copyto(moved[:, END_PV], slices.end_pv, where=takes)
         self.moved[:, :, slots] = moved
         self.n[:, slots] += np.where(takes, slices.counts, 0)
         sv, sv_set = self.sv[:, slots], self.sv_set[:, slots]
@@ -205,6 +232,9 @@ class SteadyBook:
             sv = builder._sv
             self.sv_set[i, slot] = sv is not None
             self.sv[i, slot] = np.nan if sv is None else sv
+            begun = _BEGUN(builder)
+            self.first[i, slot], self.start[i, slot] = begun[0], begun[1]
+            self.seq0[i, slot], self.fixes[i, slot] = begun[2], begun[3]
 
     def _take(self, pipelines: list[SymbolPipeline]) -> list[int]:
         """Hold these pipelines (each not held): read their state into their slots."""
@@ -249,6 +279,9 @@ class SteadyBook:
         sv = list(map(_SV, builders))
         self.sv_set[s, where] = [v is not None for v in sv]
         self.sv[s, where] = [np.nan if v is None else v for v in sv]
+        begun = list(zip(*map(_BEGUN, builders), strict=True))
+        self.first[s, where], self.start[s, where] = begun[0], begun[1]
+        self.seq0[s, where], self.fixes[s, where] = begun[2], begun[3]
 
     def _slot_of(self, pipeline: SymbolPipeline) -> int:
         """The symbol's slot; a pipeline it replaced (after a failure) is released first."""
@@ -289,14 +322,22 @@ class SteadyBook:
 
 
 def _write_moved(builder: BarBuilder, book: SteadyBook, series: int, slot: int) -> None:
-    """Set what the steady step moves of one open bar from its slot in the book."""
+    """Set what the steady step changes of one open bar from its slot in the book."""
     h, lo, c, end_v, end_pv = book.moved[series][:, slot].tolist()
     builder._h = h
     builder._l = lo
     builder._c = c
     builder._s_end_v = end_v
     builder._s_end_pv = end_pv
+    builder._s0_v, builder._s0_pv, builder._base_v, builder._base_pv = book.fixed[series][
+        :, slot
+    ].tolist()
     builder._n = int(book.n[series, slot])
+    builder._open = bool(book.open[series, slot])
     builder._sv = float(book.sv[series, slot]) if book.sv_set[series, slot] else None
+    builder._o = float(book.first[series, slot])
+    builder._ts = int(book.start[series, slot])
+    builder._seq0 = int(book.seq0[series, slot])
+    builder._fixes = int(book.fixes[series, slot])
     if isinstance(builder, TimeBarBuilder):
         builder.late_mask = None

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ingest.pipeline.bars import Slices, TradeSlice
+from ingest.pipeline.bars import Bar, Slices, TradeSlice
+from ingest.pipeline.count_closes import close_counts
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -51,8 +52,11 @@ class _Closes:
     book: SteadyBook
     pipelines: Sequence[SymbolPipeline]
     slots: npt.NDArray[np.intp]
-    takes: npt.NDArray[np.bool_]
-    """Per series and pipeline: the open bar took the batch (`SteadyBook.absorbs`)."""
+    by_builders: npt.NDArray[np.bool_]
+    """Per series and pipeline: the batch goes through the series' builder (its open bar did
+    not take it, `SteadyBook.absorbs`, and `close_counts` did not do it)."""
+    counted: dict[int, list[tuple[int, Bar]]]
+    """Per pipeline, the bars `close_counts` closed."""
     starts: npt.NDArray[np.intp]
     ts: npt.NDArray[np.int64]
     price: npt.NDArray[np.float64]
@@ -90,9 +94,14 @@ class Steady:
         c = self._closes
         assert c is not None, "close only what is closing"
         assert self.first_seq is not None
+        pipeline = c.pipelines[k]
+        counted = c.counted.get(k, [])
+        series = np.flatnonzero(c.by_builders[:, k]).tolist()
+        if not series:
+            return pipeline.bar_rows(counted)
         start, m = int(c.starts[k]), int(c.slices.counts[k])
         end = start + m
-        pipeline, slot = c.pipelines[k], int(c.slots[k])
+        slot = int(c.slots[k])
         ev, epv = float(c.book.ev[slot]), float(c.book.epv[slot])
         vwap = float(c.vwap[k])
         trades = TradeSlice(
@@ -113,9 +122,8 @@ class Steady:
             last_price=float(c.slices.last[k]),
             sv_end=None if vwap != vwap else vwap,  # NaN: no volume, no VWAP
         )
-        series = np.flatnonzero(~c.takes[:, k]).tolist()
         c.book.lend(slot, series, pipeline)
-        rows = pipeline.close_bars(trades, series)
+        rows = pipeline.close_bars(trades, series, counted)
         c.book.keep(slot, series, pipeline)
         return rows
 
@@ -144,7 +152,7 @@ def take_steady(
     if not held.any():
         return out
     at = np.where(held, slots, slots.max())  # a held slot for every row; masked below
-    out.first_seq = book.seq[at]
+    out.first_seq = first_seq = book.seq[at]
     starts = np.cumsum(counts) - counts
     ends = starts + counts
     tmin = np.minimum.reduceat(ts, starts)
@@ -179,7 +187,12 @@ def take_steady(
         last=price[ends - 1],
     )
     takes = book.absorbs(at, slices)
-    absorbed = steady & takes.all(axis=0)
+    vwap = book.session_vwap(at, slices)
+    counted = close_counts(
+        book, at, steady, takes, first_seq, cum_v, cum_pv, rows, cols, ts, price, size, slices,
+        vwap,
+    )  # fmt: skip
+    by_builders = ~takes & ~counted.handled
     out.taken = steady.tolist()
     chosen = np.flatnonzero(steady)
     if not len(chosen):
@@ -216,11 +229,14 @@ def take_steady(
 
     book.recent[at[chosen]] = kept
     book.filled[at[chosen]] = np.minimum(filled + counts[chosen], window)
-    vwap = book.session_vwap(at, slices)
     book.move_on(at[chosen], slices.take(chosen), vwap[chosen], takes[:, chosen])
-    out.closing = np.flatnonzero(steady & ~absorbed).tolist()
+    counted.apply(book)
+    closing = steady & by_builders.any(axis=0)
+    closing[list(counted.bars)] = True
+    out.closing = np.flatnonzero(closing).tolist()
     if out.closing:
         out._closes = _Closes(
-            book, pipelines, at, takes, starts, ts, price, size, cum_v, cum_pv, slices, vwap
-        )
+            book, pipelines, at, by_builders, counted.bars, starts, ts, price, size, cum_v,
+            cum_pv, slices, vwap,
+        )  # fmt: skip
     return out

@@ -201,14 +201,24 @@ class SymbolPipeline:
         self._seq += m
         return self._rows(closed)
 
-    def close_bars(self, trades: TradeSlice, series: Sequence[int]) -> list[Row]:
+    def close_bars(
+        self,
+        trades: TradeSlice,
+        series: Sequence[int],
+        closed: Sequence[tuple[int, Bar]] = (),
+    ) -> list[Row]:
         """The bars these series close on a slice of a pipeline the steady step holds.
 
         For `ingest.pipeline.book`, which holds the session (`trades` carries its sums) and
         has lent these series' builders their open bars; the other series took the slice
-        closing nothing.
+        closing nothing, or closed the bars `closed` in the steady step
+        (`ingest.pipeline.count_closes`).
         """
-        return self._rows(self._update(trades, series))
+        return self._rows([*closed, *self._update(trades, series)])
+
+    def bar_rows(self, closed: Sequence[tuple[int, Bar]]) -> list[Row]:
+        """The rows of bars the steady step closed (series, bar), with their indicators."""
+        return self._rows(list(closed))
 
     def _rows(self, closed: list[tuple[int, Bar]]) -> list[Row]:
         """The rows of the bars one slice closed, as if its trades came one at a time."""

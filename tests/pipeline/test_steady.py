@@ -8,9 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ingest.config import PipelineSettings
+from ingest.config import BarSpec, PipelineSettings
 from ingest.pipeline import SymbolPipeline
+from ingest.pipeline import steady as steady_module
 from ingest.pipeline.book import SteadyBook
+from ingest.pipeline.count_closes import close_counts
 from ingest.pipeline.steady import take_steady
 from tests.pipeline.test_small_batches import CONFIGS, Stream, exact, stream
 
@@ -46,21 +48,23 @@ def _state(pipeline: SymbolPipeline) -> list[Any]:
     ]
 
 
-def _run_both(settings: PipelineSettings, seed: int) -> tuple[int, int, int]:
+def _run_both(
+    settings: PipelineSettings, seed: int, batches: list[list[Stream]] | None = None
+) -> tuple[int, int, int]:
     """Feed every symbol's batches one at a time, and flush by flush through `take_steady`.
 
     Returns how many batches were offered, taken, and taken but closing (`Steady.close`).
     """
-    symbols = [f"S{s}" for s in range(SYMBOLS)]
+    batches = _batches(seed) if batches is None else batches
+    symbols = [f"S{s}" for s in range(len(batches))]
     alone = [SymbolPipeline(name, settings) for name in symbols]
     together = [SymbolPipeline(name, settings) for name in symbols]
-    batches = _batches(seed)
     book = SteadyBook()
     seen: list[list[Any]] = [[] for _ in symbols]
     got: list[list[Any]] = [[] for _ in symbols]
     taken = offered = closing = 0
     for f in range(max(map(len, batches))):
-        here = [s for s in range(SYMBOLS) if f < len(batches[s])]
+        here = [s for s in range(len(batches)) if f < len(batches[s])]
         for s in here:
             seen[s].append(_outputs(alone[s], batches[s][f]))
         small = [s for s in here if len(batches[s][f][0]) <= 64]
@@ -88,7 +92,7 @@ def _run_both(settings: PipelineSettings, seed: int) -> tuple[int, int, int]:
                 got[s].append([exact(bars), exact(steady.anomalies.get(position, []))])
             else:
                 got[s].append(_outputs(together[s], batches[s][f]))
-    for s in range(SYMBOLS):
+    for s in range(len(batches)):
         assert got[s] == seen[s], symbols[s]
         assert _state(together[s]) == _state(alone[s]), symbols[s]
     return offered, taken, closing
@@ -107,6 +111,48 @@ def test_most_small_batches_are_steady_with_the_default_bars() -> None:
     # Even on this rough workload (late trades, a midnight, batches of a day back).
     offered, taken, _ = _run_both(PipelineSettings(), 3)
     assert taken > 0.8 * offered
+
+
+def test_count_bars_closed_in_arrays_are_the_builders_bars(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Count bars opened and closed by `close_counts`, bit for bit as their builders do.
+
+    Whole-number sizes and prices, so that sums land exactly on the thresholds: a bar filled
+    by a batch's last trade, the next bar filled exactly by the rest of a batch (two fills: the
+    builders' case), a batch that only opens a bar.
+    """
+    handled: list[int] = []
+
+    def counting(*args: Any) -> Any:
+        done = close_counts(*args)
+        handled.append(int(done.handled.sum()))
+        return done
+
+    monkeypatch.setattr(steady_module, "close_counts", counting)
+    settings = PipelineSettings(
+        bars=(
+            BarSpec("time", 60.0, "1m"),
+            BarSpec("tick", 4.0, "4"),
+            BarSpec("volume", 10.0, "10"),
+            BarSpec("dollar", 1000.0, "1000"),
+        )
+    )
+    rng = np.random.default_rng(7)
+    batches = []
+    for s in range(4):
+        n = 400
+        ts = 1_719_878_400_000_000_000 + np.cumsum(rng.integers(1, 10**9, n))
+        price = rng.choice([50.0, 100.0, 200.0, 250.0], n) + s
+        size = rng.choice([1.0, 2.0, 3.0, 5.0, 10.0], n)
+        ends = np.cumsum(rng.integers(1, 7, n))
+        cuts = [0, *ends[ends < n].tolist(), n]
+        batches.append(
+            [(ts[a:b], price[a:b], size[a:b]) for a, b in itertools.pairwise(cuts) if b > a]
+        )
+    offered, taken, _ = _run_both(settings, 0, batches)
+    assert taken > 0.9 * offered
+    assert sum(handled) > 500
 
 
 def test_a_flagged_trade_taken_together_is_reported_once_with_its_time() -> None:

@@ -1,0 +1,276 @@
+"""Tick, volume and dollar bars that open or close in the steady step, for all symbols at once.
+
+At 100k trades/s over 200 symbols, a flush's batches of a few trades each close ~20 bars, nine
+in ten of them count bars (every ~100 trades a series by default), and a batch that closed one
+went through its symbol's builders (`Steady.close`): its open bar lent out of the book, a
+`TradeSlice` built, the builder's loop, the bar read back, ~35 us a batch in the daemon. Yet
+what a count bar does with a small batch is nearly always one of two things:
+
+* it has no open bar (the last batch closed it on its last trade), and the batch opens one
+  and fills it only part way;
+* its open bar fills on trade `j` of the batch, and the trades after `j` open the next bar,
+  again only part way.
+
+Both are done here for every (series, symbol) at once, from the book's arrays and the flush's
+running sums, with the builders' own arithmetic (`CountBarBuilder.update`, `BarBuilder._absorb`
+and `_finish`): the same sums, differences and comparisons in the same order, so the bars and
+the state left are bit for bit the builders' (`tests/pipeline/test_steady.py`). Anything else
+(a bar filled twice in a batch, a batch that opens and fills one, a price that is not positive
+or a negative size) is left to the builders. Only the indicators and the row of each bar are
+still computed a bar at a time, by the pipeline (`SymbolPipeline.bar_rows`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ingest.pipeline.bars import Bar
+from ingest.pipeline.book import BASE_PV, BASE_V, END_PV, END_V, S0_PV, S0_V, C, H, L
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from ingest.pipeline.bars import Slices
+    from ingest.pipeline.book import SteadyBook
+
+__all__ = ["CountCloses", "close_counts"]
+
+
+@dataclass(slots=True)
+class _Update:
+    """The new open-bar state of some (series, slot) pairs: the book's fields, per pair."""
+
+    series: npt.NDArray[np.intp]
+    slots: npt.NDArray[np.intp]
+    moved: npt.NDArray[np.float64]
+    """high, low, close, session volume and notional at the end (`SteadyBook.moved`)."""
+    fixed: npt.NDArray[np.float64]
+    """s0 volume and notional, base volume and notional (`SteadyBook.fixed`)."""
+    n: npt.NDArray[np.int64]
+    open: npt.NDArray[np.bool_]
+    sv: npt.NDArray[np.float64]
+    first: npt.NDArray[np.float64]
+    start: npt.NDArray[np.int64]
+    seq0: npt.NDArray[np.int64]
+    fixes: npt.NDArray[np.int64]
+
+    def apply(self, book: SteadyBook) -> None:
+        """Write it into the book."""
+        i, slots = self.series, self.slots
+        book.moved[i, :, slots] = self.moved
+        book.fixed[i, :, slots] = self.fixed
+        book.n[i, slots] = self.n
+        book.open[i, slots] = self.open
+        book.sv[i, slots] = self.sv
+        book.sv_set[i, slots] = ~np.isnan(self.sv)
+        book.first[i, slots] = self.first
+        book.start[i, slots] = self.start
+        book.seq0[i, slots] = self.seq0
+        book.fixes[i, slots] = self.fixes
+
+
+@dataclass(slots=True)
+class CountCloses:
+    """What `close_counts` did: which (series, batch) it took, their bars, the state to write."""
+
+    handled: npt.NDArray[np.bool_]
+    """Per series and batch: done here (the builders must not run it)."""
+    bars: dict[int, list[tuple[int, Bar]]] = field(default_factory=dict)
+    """Per batch (position), the bars closed here with their series."""
+    update: _Update | None = None
+
+    def apply(self, book: SteadyBook) -> None:
+        """Write the new open-bar state into the book."""
+        if self.update is not None:
+            self.update.apply(book)
+
+
+def close_counts(
+    book: SteadyBook,
+    slots: npt.NDArray[np.intp],
+    candidates: npt.NDArray[np.bool_],
+    takes: npt.NDArray[np.bool_],
+    first_seq: npt.NDArray[np.int64],
+    cum_v: npt.NDArray[np.float64],
+    cum_pv: npt.NDArray[np.float64],
+    rows: npt.NDArray[np.intp],
+    cols: npt.NDArray[np.intp],
+    ts: npt.NDArray[np.int64],
+    price: npt.NDArray[np.float64],
+    size: npt.NDArray[np.float64],
+    slices: Slices,
+    vwap: npt.NDArray[np.float64],
+) -> CountCloses:
+    """The count series' batches that open a bar or close one as above, done in arrays.
+
+    Per batch `k` (the steady step's rows): its slot, whether it is a candidate (taken, in its
+    session), `takes[:, k]` (`SteadyBook.absorbs`), its first trade's sequence number, the
+    session's running sums before each trade and after the last (`cum_v[k, :m + 1]`), each
+    trade's row and column (`rows`, `cols`) in `ts`, `price` and `size`, the batch's summary
+    and the session VWAP after it (NaN for none). Changes nothing: `CountCloses.apply` does.
+    """
+    out = CountCloses(np.zeros(takes.shape, np.bool_))
+    count_series = [i for i, (kind, _) in enumerate(book.kinds) if kind != "time"]
+    if not count_series or not candidates.any():
+        return out
+    starts = np.cumsum(slices.counts) - slices.counts
+    clean = candidates & (np.minimum.reduceat(price, starts) > 0)
+    clean &= np.minimum.reduceat(size, starts) >= 0
+    span = np.arange(cum_v.shape[1] - 1)
+    # Per pair of a count series and a batch its open bar does not take: the trade the next
+    # bar begins at (after the fill, or 0 with no bar open); the builders' when -1.
+    pairs: list[tuple[int, npt.NDArray[np.intp], npt.NDArray[np.intp]]] = []
+    for i in count_series:
+        ks = np.flatnonzero(clean & ~takes[i])
+        if len(ks):
+            begins = _begins(book, i, ks, slots[ks], slices.counts[ks], cum_v[ks], cum_pv[ks], span)
+            done = begins >= 0
+            if done.any():
+                pairs.append((i, ks[done], begins[done]))
+    if not pairs:
+        return out
+    series = np.concatenate([np.full(len(ks), i, np.intp) for i, ks, _ in pairs])
+    ks = np.concatenate([ks for _, ks, _ in pairs])
+    e = np.concatenate([begins for _, _, begins in pairs])
+    out.handled[series, ks] = True
+    prices = np.full((len(slots), len(span)), np.nan)
+    prices[rows, cols] = price
+    stamps = np.zeros((len(slots), len(span)), np.int64)
+    stamps[rows, cols] = ts
+    _close_pairs(
+        book, out, series, ks, e, slots[ks], first_seq[ks], cum_v[ks], cum_pv[ks], prices[ks],
+        stamps[ks], span, slices, vwap[ks],
+    )  # fmt: skip
+    return out
+
+
+def _begins(
+    book: SteadyBook,
+    i: int,
+    ks: npt.NDArray[np.intp],
+    slots: npt.NDArray[np.intp],
+    m: npt.NDArray[np.intp],
+    cum_v: npt.NDArray[np.float64],
+    cum_pv: npt.NDArray[np.float64],
+    span: npt.NDArray[np.intp],
+) -> npt.NDArray[np.intp]:
+    """For series `i` and batches `ks`: the trade the next bar begins at, or -1 (builders)."""
+    kind, threshold = book.kinds[i]
+    was_open = book.open[i, slots]
+    # The trade that fills the open bar (`CountBarBuilder._closing_trade`): the first whose
+    # running sum reaches the threshold, by the same expression; -1 for none.
+    if kind == "tick":
+        need = int(threshold) - book.n[i, slots]
+        filling = np.where(need <= m, need - 1, -1)
+    else:
+        field = (S0_V, BASE_V) if kind == "volume" else (S0_PV, BASE_PV)
+        s0, base = book.fixed[i][field, :][:, slots]
+        sums = cum_v if kind == "volume" else cum_pv
+        reached = ((sums[:, 1:] - s0[:, None]) + base[:, None] >= threshold) & (span < m[:, None])
+        filling = np.where(reached.any(axis=1), reached.argmax(axis=1), -1)
+    e = np.where(was_open, filling + 1, 0)
+    # The bar begun at `e` takes the rest of the batch: it must not fill (a second fill, or
+    # a fill of the bar the batch opens, is the builders').
+    if kind == "tick":
+        refills = m - e >= int(threshold)
+    else:
+        ends = np.arange(len(ks))
+        refills = (e < m) & (sums[ends, m] - sums[ends, e] + 0.0 >= threshold)
+    return np.where((filling >= 0) | ~was_open, np.where(refills, -1, e), -1)
+
+
+def _close_pairs(
+    book: SteadyBook,
+    out: CountCloses,
+    series: npt.NDArray[np.intp],
+    ks: npt.NDArray[np.intp],
+    e: npt.NDArray[np.intp],
+    slots: npt.NDArray[np.intp],
+    offset: npt.NDArray[np.int64],
+    cum_v: npt.NDArray[np.float64],
+    cum_pv: npt.NDArray[np.float64],
+    prices: npt.NDArray[np.float64],
+    stamps: npt.NDArray[np.int64],
+    span: npt.NDArray[np.intp],
+    slices: Slices,
+    vwap: npt.NDArray[np.float64],
+) -> None:
+    """Close and open the bars of these (series, batch) pairs; the next bar begins at `e`."""
+    m = slices.counts[ks]
+    rows = np.arange(len(ks))
+    was_open = book.open[series, slots]
+    whole = e == m  # filled by the last trade: the batch is the closed bar's whole segment
+    # The segments' ranges as `_absorb` takes them: the batch's own when whole (numpy's), else
+    # Python's max and min of the segment, which numpy's equal for positive prices.
+    before = span < e[:, None]
+    after = (span < m[:, None]) & ~before
+    top = np.where(whole, slices.high[ks], np.where(before, prices, -np.inf).max(axis=1))
+    bottom = np.where(whole, slices.low[ks], np.where(before, prices, np.inf).min(axis=1))
+    rest_top = np.where(e == 0, slices.high[ks], np.where(after, prices, -np.inf).max(axis=1))
+    rest_low = np.where(e == 0, slices.low[ks], np.where(after, prices, np.inf).min(axis=1))
+
+    moved = book.moved[series, :, slots]  # (pair, field): copies
+    fixed = book.fixed[series, :, slots]
+    n = book.n[series, slots]
+    sv = book.sv[series, slots]
+    first = book.first[series, slots]
+    start = book.start[series, slots]
+    seq0 = book.seq0[series, slots]
+    fixes = book.fixes[series, slots]
+    c = np.flatnonzero(was_open)
+    if len(c):
+        # The open bar takes trades [0, e) and closes (`_absorb`, then `_finish`).
+        ec = e[c]
+        high = np.where(top[c] > moved[c, H], top[c], moved[c, H])
+        low = np.where(bottom[c] < moved[c, L], bottom[c], moved[c, L])
+        close = prices[c, ec - 1]
+        count = n[c] + ec
+        v_end, pv_end = cum_v[c, ec], cum_pv[c, ec]
+        volume = fixed[c, BASE_V] + (v_end - fixed[c, S0_V])
+        notional = fixed[c, BASE_PV] + (pv_end - fixed[c, S0_PV])
+        # `TradeSlice.session_vwap` after trade e - 1, or the batch's `sv_end` when it is last.
+        ev, epv = book.ev[slots[c]], book.epv[slots[c]]
+        session_v = np.where(ev != 0, v_end - ev, v_end)
+        session_pv = np.where(ev != 0, pv_end - epv, pv_end)
+        bar_sv = np.divide(session_pv, session_v, out=np.full(len(c), np.nan), where=session_v > 0)
+        bar_sv = np.where(whole[c], vwap[c], bar_sv)
+        values = zip(
+            ks[c].tolist(),
+            series[c].tolist(),
+            start[c].tolist(),
+            first[c].tolist(),
+            high.tolist(),
+            low.tolist(),
+            close.tolist(),
+            volume.tolist(),
+            notional.tolist(),
+            count.tolist(),
+            bar_sv.tolist(),
+            (offset[c] + ec - 1).tolist(),
+            fixes[c].tolist(),
+            strict=True,
+        )
+        bars = out.bars
+        for k, i, ts0, o, hi, lo, cl, vol, nt, cnt, bsv, seq, fx in values:
+            bar = Bar(ts0, o, hi, lo, cl, vol, cnt, nt / vol if vol > 0 else None,
+                      None if bsv != bsv else bsv, seq, fx)  # fmt: skip
+            bars.setdefault(k, []).append((i, bar))
+        # A bar filled by the last trade leaves none open: nothing reads the book's copy of it
+        # until the next batch begins one.
+    # The next bar begins at trade `e` and takes the rest of the batch (`_begin`, `_absorb`).
+    o_ = np.flatnonzero(e < m)
+    eo = e[o_]
+    moved[o_, H], moved[o_, L], moved[o_, C] = rest_top[o_], rest_low[o_], slices.last[ks[o_]]
+    fixed[o_, S0_V], fixed[o_, S0_PV] = cum_v[o_, eo], cum_pv[o_, eo]
+    fixed[o_, BASE_V] = fixed[o_, BASE_PV] = 0.0
+    n[o_] = m[o_] - eo
+    sv[o_] = vwap[o_]
+    first[o_] = prices[o_, eo]
+    start[o_] = stamps[o_, eo]
+    seq0[o_] = offset[o_] + eo
+    fixes[o_] = 0
+    moved[:, END_V], moved[:, END_PV] = cum_v[rows, m], cum_pv[rows, m]  # `_s_end_v`, `_pv`
+    out.update = _Update(series, slots, moved, fixed, n, e < m, sv, first, start, seq0, fixes)
