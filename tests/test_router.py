@@ -26,6 +26,7 @@ from streams.messages import AnyMessage, Correction, StockTrade
 from tests.dataset import query
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 pytestmark = pytest.mark.anyio
@@ -263,16 +264,20 @@ def test_a_symbol_failing_in_the_steady_step_fails_alone(
 ) -> None:
     """A bar computation that raises in the flush is that symbol's failure, as in its task."""
     anyio.run(_run_trickle, tmp_path / "clean", SMALL_BARS)
-    close_bars = SymbolPipeline.close_bars  # what the flush's steady step closes bars with
     failed: list[int] = []
 
-    def failing(self: SymbolPipeline, *args: Any) -> Any:
-        if self.symbol == "AAA" and self.trades_seen >= 40 and not failed:
-            failed.append(self.trades_seen)
-            raise RuntimeError("injected")
-        return close_bars(self, *args)
+    def failing(method: Callable[..., Any]) -> Callable[..., Any]:
+        def fail(self: SymbolPipeline, *args: Any) -> Any:
+            if self.symbol == "AAA" and self.trades_seen >= 40 and not failed:
+                failed.append(self.trades_seen)
+                raise RuntimeError("injected")
+            return method(self, *args)
 
-    monkeypatch.setattr(SymbolPipeline, "close_bars", failing)
+        return fail
+
+    # What the flush's steady step makes the rows of closed bars with (`Steady.close`).
+    monkeypatch.setattr(SymbolPipeline, "close_bars", failing(SymbolPipeline.close_bars))
+    monkeypatch.setattr(SymbolPipeline, "bar_rows", failing(SymbolPipeline.bar_rows))
     router = anyio.run(_run_trickle, tmp_path / "failing", SMALL_BARS)
     assert failed
     assert {s: state.failures for s, state in router.symbols.items()} == {"AAA": 1, "BBB": 0}

@@ -52,6 +52,7 @@ _PER_SERIES = (
     "start",
     "seq0",
     "fixes",
+    "late",
 )
 """The arrays of one row a series, their last axis the slot."""
 _HELD_SLOT = attrgetter("_slot")
@@ -64,6 +65,7 @@ _FIXED = attrgetter("_s0_v", "_s0_pv", "_base_v", "_base_pv")
 """The open bar's floats a count bar's threshold is tested with (fixed while the bar is open)."""
 _COUNTS = attrgetter("_n", "_open")
 _BEGUN = attrgetter("_o", "_ts", "_seq0", "_fixes")
+_LATE = attrgetter("_lv", "_lpv")
 """What the open bar's first trade set: open price, start time, sequence number, fixes."""
 _TIME = attrgetter("_seen", "_bucket")
 _SV = attrgetter("_sv")
@@ -108,6 +110,9 @@ class SteadyBook:
         self.start = np.empty((0, 0), np.int64)
         self.seq0 = np.empty((0, 0), np.int64)
         self.fixes = np.empty((0, 0), np.int64)
+        self.late = np.empty((0, 2, 0))
+        """Per series, (volume, notional), slot: a time bar's late trades (`TimeBarBuilder._lv`,
+        `_lpv`); zero for the other series."""
 
     @property
     def kinds(self) -> list[tuple[str, float]]:
@@ -235,6 +240,8 @@ class SteadyBook:
             begun = _BEGUN(builder)
             self.first[i, slot], self.start[i, slot] = begun[0], begun[1]
             self.seq0[i, slot], self.fixes[i, slot] = begun[2], begun[3]
+            if self._kinds[i][0] == "time":
+                self.late[i, :, slot] = _LATE(builder)
 
     def _take(self, pipelines: list[SymbolPipeline]) -> list[int]:
         """Hold these pipelines (each not held): read their state into their slots."""
@@ -282,6 +289,10 @@ class SteadyBook:
         begun = list(zip(*map(_BEGUN, builders), strict=True))
         self.first[s, where], self.start[s, where] = begun[0], begun[1]
         self.seq0[s, where], self.fixes[s, where] = begun[2], begun[3]
+        if self._kinds[s][0] == "time":
+            self.late[s][:, where] = np.array(list(map(_LATE, builders))).T
+        else:
+            self.late[s][:, where] = 0.0
 
     def _slot_of(self, pipeline: SymbolPipeline) -> int:
         """The symbol's slot; a pipeline it replaced (after a failure) is released first."""
@@ -341,3 +352,6 @@ def _write_moved(builder: BarBuilder, book: SteadyBook, series: int, slot: int) 
     builder._fixes = int(book.fixes[series, slot])
     if isinstance(builder, TimeBarBuilder):
         builder.late_mask = None
+        builder._lv, builder._lpv = book.late[series][:, slot].tolist()
+        builder._seen = bool(book.seen[series, slot])
+        builder._bucket = int(book.bucket[series, slot])

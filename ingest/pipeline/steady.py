@@ -30,7 +30,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ingest.pipeline.bars import Bar, Slices, TradeSlice
-from ingest.pipeline.count_closes import close_counts
+from ingest.pipeline.closes import close_in_arrays
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -54,9 +54,9 @@ class _Closes:
     slots: npt.NDArray[np.intp]
     by_builders: npt.NDArray[np.bool_]
     """Per series and pipeline: the batch goes through the series' builder (its open bar did
-    not take it, `SteadyBook.absorbs`, and `close_counts` did not do it)."""
+    not take it, `SteadyBook.absorbs`, and `close_in_arrays` did not do it)."""
     counted: dict[int, list[tuple[int, Bar]]]
-    """Per pipeline, the bars `close_counts` closed."""
+    """Per pipeline, the bars `close_in_arrays` closed."""
     starts: npt.NDArray[np.intp]
     ts: npt.NDArray[np.int64]
     price: npt.NDArray[np.float64]
@@ -188,7 +188,7 @@ def take_steady(
     )
     takes = book.absorbs(at, slices)
     vwap = book.session_vwap(at, slices)
-    counted = close_counts(
+    counted = close_in_arrays(
         book, at, steady, takes, first_seq, cum_v, cum_pv, rows, cols, ts, price, size, slices,
         vwap,
     )  # fmt: skip

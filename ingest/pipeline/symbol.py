@@ -212,7 +212,7 @@ class SymbolPipeline:
         For `ingest.pipeline.book`, which holds the session (`trades` carries its sums) and
         has lent these series' builders their open bars; the other series took the slice
         closing nothing, or closed the bars `closed` in the steady step
-        (`ingest.pipeline.count_closes`).
+        (`ingest.pipeline.closes`).
         """
         return self._rows([*closed, *self._update(trades, series)])
 

@@ -12,7 +12,7 @@ from ingest.config import BarSpec, PipelineSettings
 from ingest.pipeline import SymbolPipeline
 from ingest.pipeline import steady as steady_module
 from ingest.pipeline.book import SteadyBook
-from ingest.pipeline.count_closes import close_counts
+from ingest.pipeline.closes import close_in_arrays
 from ingest.pipeline.steady import take_steady
 from tests.pipeline.test_small_batches import CONFIGS, Stream, exact, stream
 
@@ -116,7 +116,7 @@ def test_most_small_batches_are_steady_with_the_default_bars() -> None:
 def test_count_bars_closed_in_arrays_are_the_builders_bars(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Count bars opened and closed by `close_counts`, bit for bit as their builders do.
+    """Count bars opened and closed by `close_in_arrays`, bit for bit as their builders do.
 
     Whole-number sizes and prices, so that sums land exactly on the thresholds: a bar filled
     by a batch's last trade, the next bar filled exactly by the rest of a batch (two fills: the
@@ -125,11 +125,11 @@ def test_count_bars_closed_in_arrays_are_the_builders_bars(
     handled: list[int] = []
 
     def counting(*args: Any) -> Any:
-        done = close_counts(*args)
+        done = close_in_arrays(*args)
         handled.append(int(done.handled.sum()))
         return done
 
-    monkeypatch.setattr(steady_module, "close_counts", counting)
+    monkeypatch.setattr(steady_module, "close_in_arrays", counting)
     settings = PipelineSettings(
         bars=(
             BarSpec("time", 60.0, "1m"),

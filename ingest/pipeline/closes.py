@@ -1,23 +1,27 @@
-"""Tick, volume and dollar bars that open or close in the steady step, for all symbols at once.
+"""Bars that open or close in the steady step, done in arrays for every symbol at once.
 
-At 100k trades/s over 200 symbols, a flush's batches of a few trades each close ~20 bars, nine
-in ten of them count bars (every ~100 trades a series by default), and a batch that closed one
-went through its symbol's builders (`Steady.close`): its open bar lent out of the book, a
+At 100k trades/s over 200 symbols a flush's batches of a few trades each close ~20 bars, nine
+in ten of them count bars (every ~100 trades a series by default), and at each minute of the
+trades' clock every symbol closes its one-minute bar within a few flushes. A batch that closed
+a bar went through its symbol's builders (`Steady.close`): its open bar lent out of the book, a
 `TradeSlice` built, the builder's loop, the bar read back, ~35 us a batch in the daemon. Yet
-what a count bar does with a small batch is nearly always one of two things:
+what a bar does with a small batch is nearly always one of three things:
 
-* it has no open bar (the last batch closed it on its last trade), and the batch opens one
-  and fills it only part way;
+* a tick, volume or dollar series has no bar open (the last batch filled it on its last
+  trade), and the batch opens one and fills it only part way;
 * its open bar fills on trade `j` of the batch, and the trades after `j` open the next bar,
-  again only part way.
+  again only part way;
+* a time series' open bar gets the batch's first `j` trades, and the rest are all of one later
+  bucket: they close it and open that bucket's bar.
 
-Both are done here for every (series, symbol) at once, from the book's arrays and the flush's
-running sums, with the builders' own arithmetic (`CountBarBuilder.update`, `BarBuilder._absorb`
-and `_finish`): the same sums, differences and comparisons in the same order, so the bars and
-the state left are bit for bit the builders' (`tests/pipeline/test_steady.py`). Anything else
-(a bar filled twice in a batch, a batch that opens and fills one, a price that is not positive
-or a negative size) is left to the builders. Only the indicators and the row of each bar are
-still computed a bar at a time, by the pipeline (`SymbolPipeline.bar_rows`).
+These are done here for every (series, symbol) at once, from the book's arrays and the flush's
+running sums, with the builders' own arithmetic (`CountBarBuilder.update`,
+`TimeBarBuilder._update_slow`, `BarBuilder._absorb` and `_finish`): the same sums, differences
+and comparisons in the same order, so the bars and the state left are bit for bit the builders'
+(`tests/pipeline/test_steady.py`). Anything else (two fills or two buckets in a batch, a batch
+that opens a count bar and fills it, a late trade, a price that is not positive, a negative
+size) is left to the builders. Only the indicators and the row of each bar are still computed
+a bar at a time, by the pipeline (`SymbolPipeline.bar_rows`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
     from ingest.pipeline.bars import Slices
     from ingest.pipeline.book import SteadyBook
 
-__all__ = ["CountCloses", "close_counts"]
+__all__ = ["Closes", "close_in_arrays"]
 
 
 @dataclass(slots=True)
@@ -56,6 +60,10 @@ class _Update:
     start: npt.NDArray[np.int64]
     seq0: npt.NDArray[np.int64]
     fixes: npt.NDArray[np.int64]
+    late: npt.NDArray[np.float64]
+    """A time bar's late volume and notional (`SteadyBook.late`)."""
+    timed: npt.NDArray[np.bool_]
+    """The pairs of a time series: their new bucket is where `start` is."""
 
     def apply(self, book: SteadyBook) -> None:
         """Write it into the book."""
@@ -70,10 +78,16 @@ class _Update:
         book.start[i, slots] = self.start
         book.seq0[i, slots] = self.seq0
         book.fixes[i, slots] = self.fixes
+        book.late[i, :, slots] = self.late
+        t = self.timed
+        if t.any():
+            widths = np.array([int(size) for _, size in book.kinds])[i[t]]
+            book.bucket[i[t], slots[t]] = self.start[t] // widths
+            book.seen[i[t], slots[t]] = True
 
 
 @dataclass(slots=True)
-class CountCloses:
+class Closes:
     """What `close_counts` did: which (series, batch) it took, their bars, the state to write."""
 
     handled: npt.NDArray[np.bool_]
@@ -88,7 +102,7 @@ class CountCloses:
             self.update.apply(book)
 
 
-def close_counts(
+def close_in_arrays(
     book: SteadyBook,
     slots: npt.NDArray[np.intp],
     candidates: npt.NDArray[np.bool_],
@@ -103,48 +117,84 @@ def close_counts(
     size: npt.NDArray[np.float64],
     slices: Slices,
     vwap: npt.NDArray[np.float64],
-) -> CountCloses:
-    """The count series' batches that open a bar or close one as above, done in arrays.
+) -> Closes:
+    """The batches whose bars open or close as above, done in arrays.
 
     Per batch `k` (the steady step's rows): its slot, whether it is a candidate (taken, in its
     session), `takes[:, k]` (`SteadyBook.absorbs`), its first trade's sequence number, the
     session's running sums before each trade and after the last (`cum_v[k, :m + 1]`), each
     trade's row and column (`rows`, `cols`) in `ts`, `price` and `size`, the batch's summary
-    and the session VWAP after it (NaN for none). Changes nothing: `CountCloses.apply` does.
+    and the session VWAP after it (NaN for none). Changes nothing: `Closes.apply` does.
     """
-    out = CountCloses(np.zeros(takes.shape, np.bool_))
-    count_series = [i for i, (kind, _) in enumerate(book.kinds) if kind != "time"]
-    if not count_series or not candidates.any():
+    out = Closes(np.zeros(takes.shape, np.bool_))
+    if not candidates.any():
         return out
     starts = np.cumsum(slices.counts) - slices.counts
     clean = candidates & (np.minimum.reduceat(price, starts) > 0)
     clean &= np.minimum.reduceat(size, starts) >= 0
     span = np.arange(cum_v.shape[1] - 1)
-    # Per pair of a count series and a batch its open bar does not take: the trade the next
-    # bar begins at (after the fill, or 0 with no bar open); the builders' when -1.
-    pairs: list[tuple[int, npt.NDArray[np.intp], npt.NDArray[np.intp]]] = []
-    for i in count_series:
-        ks = np.flatnonzero(clean & ~takes[i])
-        if len(ks):
-            begins = _begins(book, i, ks, slots[ks], slices.counts[ks], cum_v[ks], cum_pv[ks], span)
-            done = begins >= 0
-            if done.any():
-                pairs.append((i, ks[done], begins[done]))
-    if not pairs:
-        return out
-    series = np.concatenate([np.full(len(ks), i, np.intp) for i, ks, _ in pairs])
-    ks = np.concatenate([ks for _, ks, _ in pairs])
-    e = np.concatenate([begins for _, _, begins in pairs])
-    out.handled[series, ks] = True
     prices = np.full((len(slots), len(span)), np.nan)
     prices[rows, cols] = price
     stamps = np.zeros((len(slots), len(span)), np.int64)
     stamps[rows, cols] = ts
+    # Per pair of a series and a batch its open bar does not take: the trade the next bar
+    # begins at (after the fill, at the new bucket, or 0 with no bar open), and for a time
+    # series the new bucket's start; the builders' when the trade is -1.
+    pairs: list[tuple[int, npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.int64]]]
+    pairs = []
+    for i, (kind, _) in enumerate(book.kinds):
+        ks = np.flatnonzero(clean & ~takes[i])
+        if not len(ks):
+            continue
+        m = slices.counts[ks]
+        if kind == "time":
+            begins, opens = _new_bucket(book, i, slots[ks], m, stamps[ks], span)
+        else:
+            begins = _begins(book, i, ks, slots[ks], m, cum_v[ks], cum_pv[ks], span)
+            opens = stamps[ks, np.minimum(begins, m - 1)]
+        done = begins >= 0
+        if done.any():
+            pairs.append((i, ks[done], begins[done], opens[done]))
+    if not pairs:
+        return out
+    series = np.concatenate([np.full(len(ks), i, np.intp) for i, ks, _, _ in pairs])
+    ks = np.concatenate([ks for _, ks, _, _ in pairs])
+    e = np.concatenate([begins for _, _, begins, _ in pairs])
+    opens = np.concatenate([opens for _, _, _, opens in pairs])
+    out.handled[series, ks] = True
     _close_pairs(
-        book, out, series, ks, e, slots[ks], first_seq[ks], cum_v[ks], cum_pv[ks], prices[ks],
-        stamps[ks], span, slices, vwap[ks],
+        book, out, series, ks, e, opens, slots[ks], first_seq[ks], cum_v[ks], cum_pv[ks],
+        prices[ks], span, slices, vwap[ks],
     )  # fmt: skip
     return out
+
+
+def _new_bucket(
+    book: SteadyBook,
+    i: int,
+    slots: npt.NDArray[np.intp],
+    m: npt.NDArray[np.intp],
+    stamps: npt.NDArray[np.int64],
+    span: npt.NDArray[np.intp],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
+    """For time series `i`: where the batch's one later bucket begins, and that bucket's start.
+
+    -1 (the builders') unless the open bar's bucket holds the batch's first trades and one
+    later bucket all the rest: no late trade, no second new bucket.
+    """
+    width = int(book.kinds[i][1])
+    bucket = book.bucket[i, slots]
+    inside = span < m[:, None]
+    buckets = stamps // width
+    later = buckets.max(axis=1, where=inside, initial=np.iinfo(np.int64).min)
+    mine = (buckets == bucket[:, None]) & inside
+    e = mine.sum(axis=1)
+    # Every trade from the e-th on is of the later bucket: then the open bucket's e trades are
+    # the first e, and no trade is of a third bucket.
+    rest = inside & (span >= e[:, None])
+    ok = book.open[i, slots] & book.seen[i, slots] & (later > bucket)
+    ok &= np.where(rest, buckets == later[:, None], True).all(axis=1)
+    return np.where(ok, e, -1), later * width
 
 
 def _begins(
@@ -184,23 +234,29 @@ def _begins(
 
 def _close_pairs(
     book: SteadyBook,
-    out: CountCloses,
+    out: Closes,
     series: npt.NDArray[np.intp],
     ks: npt.NDArray[np.intp],
     e: npt.NDArray[np.intp],
+    opens: npt.NDArray[np.int64],
     slots: npt.NDArray[np.intp],
     offset: npt.NDArray[np.int64],
     cum_v: npt.NDArray[np.float64],
     cum_pv: npt.NDArray[np.float64],
     prices: npt.NDArray[np.float64],
-    stamps: npt.NDArray[np.int64],
     span: npt.NDArray[np.intp],
     slices: Slices,
     vwap: npt.NDArray[np.float64],
 ) -> None:
-    """Close and open the bars of these (series, batch) pairs; the next bar begins at `e`."""
+    """Close and open the bars of these (series, batch) pairs.
+
+    The next bar begins at trade `e` (none when `e` is the batch's length) and at time
+    `opens`. A count bar's fill is trade `e - 1`, in the bar; a time bar's is trade `e`, the
+    first of the new bucket, which the closed bar does not hold (it may hold none: `e` 0).
+    """
     m = slices.counts[ks]
     rows = np.arange(len(ks))
+    timed = np.array([kind == "time" for kind, _ in book.kinds])[series]
     was_open = book.open[series, slots]
     whole = e == m  # filled by the last trade: the batch is the closed bar's whole segment
     # The segments' ranges as `_absorb` takes them: the batch's own when whole (numpy's), else
@@ -220,23 +276,26 @@ def _close_pairs(
     start = book.start[series, slots]
     seq0 = book.seq0[series, slots]
     fixes = book.fixes[series, slots]
+    late = book.late[series, :, slots]
     c = np.flatnonzero(was_open)
     if len(c):
         # The open bar takes trades [0, e) and closes (`_absorb`, then `_finish`).
         ec = e[c]
         high = np.where(top[c] > moved[c, H], top[c], moved[c, H])
         low = np.where(bottom[c] < moved[c, L], bottom[c], moved[c, L])
-        close = prices[c, ec - 1]
+        took = ec > 0
+        close = np.where(took, prices[c, ec - 1], moved[c, C])
         count = n[c] + ec
         v_end, pv_end = cum_v[c, ec], cum_pv[c, ec]
-        volume = fixed[c, BASE_V] + (v_end - fixed[c, S0_V])
-        notional = fixed[c, BASE_PV] + (pv_end - fixed[c, S0_PV])
+        # `_finish`: a time bar's late trades inside its sums are left out (0.0 for the rest).
+        volume = (fixed[c, BASE_V] + (v_end - fixed[c, S0_V])) - late[c, 0]
+        notional = (fixed[c, BASE_PV] + (pv_end - fixed[c, S0_PV])) - late[c, 1]
         # `TradeSlice.session_vwap` after trade e - 1, or the batch's `sv_end` when it is last.
         ev, epv = book.ev[slots[c]], book.epv[slots[c]]
         session_v = np.where(ev != 0, v_end - ev, v_end)
         session_pv = np.where(ev != 0, pv_end - epv, pv_end)
         bar_sv = np.divide(session_pv, session_v, out=np.full(len(c), np.nan), where=session_v > 0)
-        bar_sv = np.where(whole[c], vwap[c], bar_sv)
+        bar_sv = np.where(whole[c], vwap[c], np.where(took, bar_sv, sv[c]))
         values = zip(
             ks[c].tolist(),
             series[c].tolist(),
@@ -249,7 +308,7 @@ def _close_pairs(
             notional.tolist(),
             count.tolist(),
             bar_sv.tolist(),
-            (offset[c] + ec - 1).tolist(),
+            (offset[c] + ec - 1 + timed[c]).tolist(),
             fixes[c].tolist(),
             strict=True,
         )
@@ -269,8 +328,11 @@ def _close_pairs(
     n[o_] = m[o_] - eo
     sv[o_] = vwap[o_]
     first[o_] = prices[o_, eo]
-    start[o_] = stamps[o_, eo]
+    start[o_] = opens[o_]
     seq0[o_] = offset[o_] + eo
     fixes[o_] = 0
+    late[o_] = 0.0
     moved[:, END_V], moved[:, END_PV] = cum_v[rows, m], cum_pv[rows, m]  # `_s_end_v`, `_pv`
-    out.update = _Update(series, slots, moved, fixed, n, e < m, sv, first, start, seq0, fixes)
+    out.update = _Update(
+        series, slots, moved, fixed, n, e < m, sv, first, start, seq0, fixes, late, timed
+    )
