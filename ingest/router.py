@@ -85,6 +85,9 @@ BATCH_PER_SYMBOL: Final = 16
 each symbol a few trades, and the task hop per batch would cost more than the trades."""
 
 
+REMEMBER_ONE_BY_ONE: Final = 8
+"""Up to this many symbols' trades are remembered one by one (`TradeStore.remember_one`), more
+with one scatter (`TradeStore.remember_runs`): ~3 us a symbol against ~30 us a call."""
 STEADY_MAX: Final = 64
 """Symbol batches of up to this many trades are offered to the steady path (`_take_steady`);
 larger ones are cheap a trade in their own pipeline call, and mostly close a bar anyway."""
@@ -427,6 +430,13 @@ class StreamRouter:
             return
         assert runs.to_remember is not None
         memories = self._memories
+        if len(taken) <= REMEMBER_ONE_BY_ONE:
+            records = runs.to_remember
+            for k, first in zip(taken.tolist(), first_seq.tolist(), strict=True):
+                start, end = int(runs.starts[k]), int(runs.ends[k])
+                memory = cast("TradeMemory", memories[runs.names[k]])
+                store.remember_one(memory.slot, first, records[start:end])
+            return
         slots = np.fromiter(
             (cast("TradeMemory", memories[runs.names[k]]).slot for k in taken.tolist()),
             np.intp,

@@ -146,6 +146,35 @@ class TradeStore:
         self._next[slots] = ends
         self._oldest[slots] = np.maximum(self._oldest[slots], ends - self.window)
 
+    def remember_one(self, slot: int, seq0: int, records: npt.NDArray[np.void]) -> None:
+        """`remember_runs` of one batch, page by page in plain Python.
+
+        A symbol task's batch, or one of a flush's few: `remember_runs` costs ~25 numpy calls
+        whatever it is given (~30 us), this a slice copy a page the batch touches (~3 us).
+        """
+        n = len(records)
+        if not n:
+            return
+        if seq0 != self._next[slot]:
+            self._oldest[slot] = seq0
+        end = seq0 + n
+        skip = max(0, n - self.window)
+        position = seq0 + skip
+        row = self._pages[slot]
+        while skip < n:
+            ring = position % self.capacity
+            page, at = divmod(ring, PAGE)
+            run = min(n - skip, PAGE - at)
+            number = int(row[page])
+            if number == _NO_PAGE:
+                number = row[page] = int(self._allocate(1)[0])
+            segment, offset = divmod(number * PAGE + at, self._segment)
+            self._segments[segment][offset : offset + run] = records[skip : skip + run]
+            skip += run
+            position += run
+        self._next[slot] = end
+        self._oldest[slot] = max(int(self._oldest[slot]), end - self.window)
+
     def oldest(self, slot: int) -> int:
         """The position of slot `slot`'s oldest trade kept (its next one's when it keeps none)."""
         return int(self._oldest[slot])
@@ -243,10 +272,7 @@ class TradeMemory:
 
     def remember(self, seq0: int, records: npt.NDArray[np.void]) -> None:
         """Keep a batch the pipeline was just fed, its first trade numbered `seq0`."""
-        n = len(records)
-        if n:
-            slots = np.array([self._slot], np.intp)
-            self._store.remember_runs(slots, np.array([seq0]), np.array([n]), records)
+        self._store.remember_one(self._slot, seq0, records)
 
     def close(self) -> None:
         """Forget every trade: the store reuses this memory's room."""

@@ -209,13 +209,15 @@ def test_trickled_trades_take_the_steady_path_with_the_same_results(
         assert closed[0][0] > 40
 
 
+@pytest.mark.parametrize("one_by_one", [0, 8], ids=["one scatter", "one by one"])
 def test_a_flush_of_several_symbols_remembers_the_steady_ones_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_by_one: int
 ) -> None:
-    """Runs taken from a flush of several symbols go into their memories in one scatter.
+    """Runs taken from a flush of several symbols go into their memories together.
 
-    A third symbol's long runs go to its task: the steady step remembers only what it took,
-    and every memory ends as the tasks alone leave it.
+    In one scatter, or one by one when they are few (`REMEMBER_ONE_BY_ONE`). A third symbol's
+    long runs go to its task: the steady step remembers only what it took, and every memory
+    ends as the tasks alone leave it.
     """
     scatters: list[int] = []
     remember_runs = TradeStore.remember_runs
@@ -225,8 +227,12 @@ def test_a_flush_of_several_symbols_remembers_the_steady_ones_at_once(
         remember_runs(self, slots, *args)
 
     monkeypatch.setattr(TradeStore, "remember_runs", counting)
+    monkeypatch.setattr(router_module, "REMEMBER_ONE_BY_ONE", one_by_one)
     steady = anyio.run(partial(_run_trickle, bursts=True), tmp_path / "steady", SMALL_BARS)
-    assert max(scatters) >= 2
+    if one_by_one:
+        assert scatters == []
+    else:
+        assert max(scatters) >= 2
     monkeypatch.setattr(router_module, "STEADY_MAX", 0)
     alone = anyio.run(partial(_run_trickle, bursts=True), tmp_path / "alone", SMALL_BARS)
     assert _accounts(steady) == _accounts(alone)

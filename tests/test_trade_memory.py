@@ -70,6 +70,39 @@ def test_many_slots_a_flush_at_a_time_agree_with_a_plain_list_each(window: int) 
             assert memory.capacity <= -(-window // PAGE) * PAGE
 
 
+@pytest.mark.parametrize("window", [1, 64, 100])
+def test_one_by_one_and_one_scatter_keep_the_same_trades(window: int) -> None:
+    """`remember_one` for each batch leaves every slot as `remember_runs` of all of them."""
+    rng = np.random.default_rng(window)
+    together, apart = TradeStore(window, segment_pages=3), TradeStore(window, segment_pages=3)
+    slots = [(together.open().slot, apart.open().slot) for _ in range(5)]
+    seqs = [0] * len(slots)
+    next_id = 1
+    for _ in range(100):
+        chosen = np.sort(rng.choice(len(slots), int(rng.integers(1, 4)), replace=False))
+        counts = [int(rng.integers(1, 2 * window + 3)) for _ in chosen]
+        ids = np.arange(next_id, next_id + sum(counts), dtype=np.int64)
+        next_id += len(ids)
+        records = records_of(ids)
+        together.remember_runs(
+            np.array([slots[m][0] for m in chosen], np.intp),
+            np.array([seqs[m] for m in chosen], np.int64),
+            np.array(counts, np.intp),
+            records,
+        )
+        start = 0
+        for m, n in zip(chosen.tolist(), counts, strict=True):
+            apart.remember_one(slots[m][1], seqs[m], records[start : start + n])
+            start += n
+            seqs[m] += n
+        for mine, theirs in slots:
+            want = together.kept(mine)
+            got = apart.kept(theirs)
+            assert got[0].tolist() == want[0].tolist()
+            assert got[1].tobytes() == want[1].tobytes()
+            assert apart.pages_in_use(theirs) == together.pages_in_use(mine)
+
+
 def test_a_quiet_symbol_costs_a_page_and_a_closed_ones_pages_are_reused() -> None:
     """Pages are taken as a ring reaches them; closing a memory gives them to the next one."""
     store = TradeStore(10_000, segment_pages=4)

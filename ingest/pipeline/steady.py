@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ingest.pipeline.bars import Bar, Slices, TradeSlice
 from ingest.pipeline.closes import close_in_arrays
@@ -208,9 +207,11 @@ def take_steady(
     history = np.empty((len(chosen), window + width - 1))
     history[:, :window] = book.recent[at[chosen]]
     history[trade_row, window + trade_col] = price[mine]
-    # Row r, column c: the `window` prices before trade c of row r (a view; indexing it copies
-    # whole windows, C-contiguous, as `check_windows` wants them).
-    windows = sliding_window_view(history, window, axis=1)
+    # Row r, column c: the `window` prices before trade c of row r (a sliding-window view of
+    # `history`; indexing it copies whole windows, C-contiguous, as `check_windows` wants them).
+    step = history.itemsize
+    shape = (len(chosen), width, window)
+    windows = np.ndarray(shape, history.dtype, history, strides=(history.strides[0], step, step))
     # A trade is checked once `window` prices precede it; before, it only fills the window.
     filled = book.filled[at[chosen]]
     current, stamps = price[mine], ts[mine]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from ingest.config import BarSpec, PipelineSettings
-from ingest.pipeline import SymbolPipeline
+from ingest.pipeline import SymbolPipeline, closes
 from ingest.pipeline import steady as steady_module
 from ingest.pipeline.book import SteadyBook
-from ingest.pipeline.closes import close_in_arrays
+from ingest.pipeline.closes import IN_ARRAYS_MIN, close_in_arrays
 from ingest.pipeline.steady import take_steady
 from tests.pipeline.test_small_batches import CONFIGS, Stream, exact, stream
 
@@ -98,9 +98,17 @@ def _run_both(
     return offered, taken, closing
 
 
+@pytest.mark.parametrize("in_arrays_min", [0, IN_ARRAYS_MIN], ids=["all in arrays", "default"])
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 @pytest.mark.parametrize("seed", [1, 2])
-def test_taken_batches_leave_the_same_rows_and_state(config: str, seed: int) -> None:
+def test_taken_batches_leave_the_same_rows_and_state(
+    config: str, seed: int, in_arrays_min: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bit for bit, every bar opened or closed in arrays where it can be, or the default.
+
+    By default only when a flush has enough of them (`IN_ARRAYS_MIN`): the builders do the rest.
+    """
+    monkeypatch.setattr(closes, "IN_ARRAYS_MIN", in_arrays_min)
     offered, taken, closing = _run_both(CONFIGS[config], seed)
     # Both kinds were taken, and not everything: windows fill, sessions start.
     assert 0 < closing < taken
@@ -130,6 +138,7 @@ def test_count_bars_closed_in_arrays_are_the_builders_bars(
         return done
 
     monkeypatch.setattr(steady_module, "close_in_arrays", counting)
+    monkeypatch.setattr(closes, "IN_ARRAYS_MIN", 0)
     settings = PipelineSettings(
         bars=(
             BarSpec("time", 60.0, "1m"),
