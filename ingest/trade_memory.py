@@ -361,8 +361,10 @@ TradeKeys = tuple["npt.NDArray[np.int64]", "npt.NDArray[np.int64]"]
 def trade_keys(trades: Sequence[StockTrade]) -> TradeKeys:
     """The ids and exchange codes of `trades`, as the memory finds them."""
     ids = np.fromiter((t.i for t in trades), np.int64, len(trades))
-    joined = "".join([t.x for t in trades])
-    if len(joined) == len(trades) and joined.isascii():  # the common case: one letter each
+    exchanges = [t.x for t in trades]
+    joined = "".join(exchanges)
+    # The common case, one letter each: as many letters as trades, and none without one.
+    if len(joined) == len(trades) and joined.isascii() and "" not in exchanges:
         return ids, np.frombuffer(joined.encode("ascii"), dtype=np.uint8).astype(np.int64)
     return ids, np.fromiter((_exchange_code(t.x) for t in trades), np.int64, len(trades))
 

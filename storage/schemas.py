@@ -112,8 +112,19 @@ def _build(schema: pa.Schema, columns: dict[str, Any]) -> pa.Table:
     arrays = []
     for f in schema:
         value = columns[f.name]
-        arrays.append(value if isinstance(value, pa.Array) else pa.array(value, f.type))
+        if isinstance(value, pa.Array):
+            arrays.append(value)
+        elif f.type == TIMESTAMP and _nanoseconds(value):
+            # Integer nanoseconds as they are: pa.array(value, TIMESTAMP) costs 5 us a column.
+            arrays.append(pa.Array.from_buffers(TIMESTAMP, len(value), [None, pa.py_buffer(value)]))
+        else:
+            arrays.append(pa.array(value, f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _nanoseconds(value: Any) -> bool:
+    """Whether `value` is a contiguous numpy array of int64 (a flush's times, gathered)."""
+    return isinstance(value, np.ndarray) and value.dtype == np.int64 and value.flags.c_contiguous
 
 
 # --- schemas -----------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from storage.schemas import table_for, table_spec, tables_of
@@ -12,6 +14,7 @@ from streams.messages import FrameDecoder
 
 if TYPE_CHECKING:
     from ingest.config import StreamName
+    from storage.schemas import MarketConverter
 
 UTC = dt.UTC
 CASES: list[Any] = [
@@ -118,3 +121,19 @@ class TestConverters:
                 assert "recv_ts" in names
                 if table != "articles":
                     assert names[:2] == ["symbol", "ts"]
+
+    def test_known_times_as_nanoseconds_are_the_same_column(self) -> None:
+        """A flush's gathered times (int64 nanoseconds, a slice too) convert as parsed text."""
+        raw = (
+            b'[{"T":"t","S":"AAPL","i":1,"x":"V","p":10.5,"s":3,"c":["@"],"z":"C",'
+            b'"t":"2024-07-01T10:00:00.123456789Z"},'
+            b'{"T":"t","S":"MSFT","i":2,"x":"V","p":20.5,"s":4,"c":["@"],"z":"C",'
+            b'"t":"2024-07-01T10:00:01Z"}]'
+        )
+        messages = FrameDecoder("stocks").decode(raw, 1_700_000_000_000_000_000).messages
+        converter = cast("MarketConverter", table_spec("stocks", "trades", ()).to_table)
+        gathered = np.array([0, 1_719_828_000_123_456_789, 1_719_828_001_000_000_000])[1:]
+        recv = np.full(2, 1_700_000_000_000_000_000, np.int64)
+        fast = converter.with_columns(messages, {"ts": gathered, "recv_ts": recv})
+        assert fast.equals(converter(messages))
+        assert fast.schema.field("ts").type == pa.timestamp("ns", tz="UTC")

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.trade_memory import PAGE, TRADE_RECORD, TradeStore, trade_records
+from ingest.trade_memory import PAGE, TRADE_RECORD, TradeStore, trade_keys, trade_records
+from streams.messages import StockTrade
 
 EXCHANGE = ord("V")
 
@@ -148,6 +149,22 @@ def test_a_correction_and_a_cancel_change_the_trade_in_its_page() -> None:
     for memory, first in ((memories[0], 1), (memories[2], 201)):
         assert memory.recent().price.tolist() == [i / 2 for i in range(first, first + 100)]
     assert TRADE_RECORD.itemsize == 41
+
+
+def test_exchanges_of_other_lengths_are_coded_one_by_one() -> None:
+    """An empty exchange and a two-letter one make as many letters as trades: not one each."""
+    trades = [
+        StockTrade(S="A", t="", i=1, x="", p=1.0, s=1.0),
+        StockTrade(S="A", t="", i=2, x="AB", p=1.0, s=1.0),
+        StockTrade(S="A", t="", i=3, x="V", p=1.0, s=1.0),
+    ]
+    ids, codes = trade_keys(trades)
+    assert ids.tolist() == [1, 2, 3]
+    assert codes.tolist() == [hash(""), hash("AB"), ord("V")]
+    memory = TradeStore(10).open()
+    memory.remember(0, trade_records((ids, codes), ids, np.ones(3), np.ones(3)))
+    assert memory.find(2, "AB") == 1
+    assert memory.find(1, "") == 0
 
 
 def test_a_memory_of_no_trades_is_refused() -> None:
