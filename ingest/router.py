@@ -400,18 +400,19 @@ class StreamRouter:
         fed = np.array([k not in failed for k in taken.tolist()]) if failed else slice(None)
         lags = (now - runs.newest_ts[taken]) / 1e9
         self._metrics.latency.observe_many(lags[fed], self.stream, counts=counts[fed])
-        records, last = runs.records, runs.last_positions
-        for k, n, newest, newest_ts in zip(
+        records, names, symbols = runs.records, runs.names, self.symbols
+        for k, n, newest, newest_ts, last in zip(
             taken.tolist(),
             counts.tolist(),
             runs.newest_recv[taken].tolist(),
             runs.newest_ts[taken].tolist(),
+            runs.last_positions[taken].tolist(),
             strict=True,
         ):
-            state = self.symbols[runs.names[k]]
+            state = symbols[names[k]]
             state.messages += n
             state.last_recv_ns = newest
-            _note_newest(state.seen, TRADES, _T(records[last[k]]))
+            _note_newest(state.seen, TRADES, _T(records[last]))
             if k not in failed:
                 state.last_event_ns = newest_ts
         if self._trade_store is not None and runs.to_remember is not None:
