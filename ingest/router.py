@@ -85,6 +85,7 @@ BATCH_PER_SYMBOL: Final = 16
 each symbol a few trades, and the task hop per batch would cost more than the trades."""
 
 
+_SLOT: Final = attrgetter("slot")
 REMEMBER_ONE_BY_ONE: Final = 8
 """Up to this many symbols' trades are remembered one by one (`TradeStore.remember_one`), more
 with one scatter (`TradeStore.remember_runs`): ~3 us a symbol against ~30 us a call."""
@@ -335,13 +336,14 @@ class StreamRouter:
         counts = runs.counts
         offered: list[int] = []
         pipelines: list[SymbolPipeline] = []
+        names, pipeline_of, inflight = runs.names, self._pipelines.get, self._inflight
         for k in np.flatnonzero(counts <= STEADY_MAX).tolist():
-            symbol = runs.names[k]
-            pipeline = self._pipelines.get(symbol)
+            symbol = names[k]
+            pipeline = pipeline_of(symbol)
             if (
                 pipeline is not None
                 and type(pipeline) is SymbolPipeline
-                and not self._inflight[symbol]
+                and not inflight[symbol]
                 and symbol not in besides
             ):
                 offered.append(k)
@@ -438,11 +440,9 @@ class StreamRouter:
                 memory = cast("TradeMemory", memories[runs.names[k]])
                 store.remember_one(memory.slot, first, records[start:end])
             return
-        slots = np.fromiter(
-            (cast("TradeMemory", memories[runs.names[k]]).slot for k in taken.tolist()),
-            np.intp,
-            len(taken),
-        )
+        names = runs.names
+        held = [memories[names[k]] for k in taken.tolist()]
+        slots = np.fromiter(map(_SLOT, held), np.intp, len(held))
         records = runs.to_remember
         if len(taken) < len(runs.names):
             chosen = np.zeros(len(runs.names), np.bool_)

@@ -85,7 +85,7 @@ class TradeStore:
         """Per slot and page of its ring, the page's number in the store, or `_NO_PAGE`."""
         self._oldest = np.empty(0, np.int64)
         self._next = np.empty(0, np.int64)
-        self._slots_used = 0
+        self.slots_used = 0
         self._segments: list[npt.NDArray[np.void]] = []
         """The store's records, packed; page `p` is records `[p * PAGE, (p + 1) * PAGE)`."""
         self._used_pages = 0
@@ -100,10 +100,10 @@ class TradeStore:
         """A slot for a new memory, empty."""
         if self._free_slots:
             return self._free_slots.pop()
-        slot = self._slots_used
+        slot = self.slots_used
         if slot == len(self._pages):
             self._grow_slots(max(16, 2 * slot))
-        self._slots_used += 1
+        self.slots_used += 1
         return slot
 
     def close(self, slot: int) -> None:
@@ -277,34 +277,30 @@ class TradeMemory:
     once.
     """
 
-    __slots__ = ("_slot", "_store")
+    __slots__ = ("_store", "slot")
 
     def __init__(self, store: TradeStore | int) -> None:
         """A memory in `store`, or in a store of its own of that window."""
         self._store = TradeStore(store) if isinstance(store, int) else store
-        self._slot = self._store.open_slot()
-
-    @property
-    def slot(self) -> int:
+        self.slot = self._store.open_slot()
         """Its slot in its store (what `TradeStore.remember_runs` takes)."""
-        return self._slot
 
     def remember(self, seq0: int, records: npt.NDArray[np.void]) -> None:
         """Keep a batch the pipeline was just fed, its first trade numbered `seq0`."""
-        self._store.remember_one(self._slot, seq0, records)
+        self._store.remember_one(self.slot, seq0, records)
 
     def close(self) -> None:
         """Forget every trade: the store reuses this memory's room."""
-        self._store.close(self._slot)
+        self._store.close(self.slot)
 
     @property
     def capacity(self) -> int:
         """Trades it has room for (41 bytes each): whole pages, up to the window's."""
-        return self._store.pages_in_use(self._slot) * PAGE
+        return self._store.pages_in_use(self.slot) * PAGE
 
     def find(self, trade_id: int, exchange: str) -> int | None:
         """The position of a remembered, not cancelled trade; newest first."""
-        position, kept = self._store.kept(self._slot)
+        position, kept = self._store.kept(self.slot)
         hits = np.flatnonzero(
             (kept["id"] == trade_id)
             & (kept["exchange"] == _exchange_code(exchange))
@@ -314,7 +310,7 @@ class TradeMemory:
 
     def recent(self) -> RecentTrades:
         """Every remembered trade that is not cancelled, in arrival order."""
-        position, kept = self._store.kept(self._slot)
+        position, kept = self._store.kept(self.slot)
         alive = kept["alive"]
         kept = kept[alive]
         return RecentTrades(
@@ -322,7 +318,7 @@ class TradeMemory:
             ts=np.ascontiguousarray(kept["ts"]),
             price=np.ascontiguousarray(kept["price"]),
             size=np.ascontiguousarray(kept["size"]),
-            oldest=self._store.oldest(self._slot),
+            oldest=self._store.oldest(self.slot),
         )
 
     def seq_of(self, position: int) -> int:
@@ -333,20 +329,20 @@ class TradeMemory:
         self, position: int, trade_id: int, price: float, size: float
     ) -> tuple[float, float]:
         """Give a trade its corrected id, price and size; its old price and size."""
-        record = self._store.record(self._slot, position)
+        record = self._store.record(self.slot, position)
         old = float(record["price"][0]), float(record["size"][0])
         record["id"], record["price"], record["size"] = trade_id, price, size
         return old
 
     def cancel(self, position: int) -> tuple[float, float]:
         """Forget a cancelled trade; its price and size."""
-        record = self._store.record(self._slot, position)
+        record = self._store.record(self.slot, position)
         record["alive"] = False
         return float(record["price"][0]), float(record["size"][0])
 
     def time_of(self, position: int) -> int:
         """The event time of the trade at `position`."""
-        return int(self._store.record(self._slot, position)["ts"][0])
+        return int(self._store.record(self.slot, position)["ts"][0])
 
 
 def _exchange_code(exchange: str) -> int:
