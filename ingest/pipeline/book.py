@@ -9,12 +9,14 @@ A `SteadyBook` holds that state instead, one array per field across symbols, for
 it holds. A pipeline is *held* from the flush that first takes it until anything else needs it:
 every `SymbolPipeline` method that reads or changes that state first hands it back
 (`release`), one symbol's attributes at a time. In between the steady step reads and moves it
-in the arrays alone. A batch that closes a bar keeps its symbol held too: the book lends the
-closing series' builders their open bar (`lend`) and reads it back after (`keep`).
+in the arrays alone, and opens and closes most bars there too (`ingest.pipeline.closes`). A
+batch whose bars its builders must close keeps its symbol held too: the book lends those
+series' builders their open bar (`lend`) and reads it back after (`keep`).
 
-Only what the steady step moves is written back (the session's sums and count, the anomaly
-window, each open bar's range, close, count and session VWAP); the rest is read when held and
-cannot change until released.
+What the steady step can change is written back (the session's sums and count, the anomaly
+window, and of each series' bar everything `BarBuilder._begin` and `_absorb` set, its time
+bucket and late sums); the rest (the session's day and the sums of earlier days' trades) is
+read when held and cannot change until released.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ _FIXED = attrgetter("_s0_v", "_s0_pv", "_base_v", "_base_pv")
 """The open bar's floats a count bar's threshold is tested with (fixed while the bar is open)."""
 _COUNTS = attrgetter("_n", "_open")
 _BEGUN = attrgetter("_o", "_ts", "_seq0", "_fixes")
-_LATE = attrgetter("_lv", "_lpv")
 """What the open bar's first trade set: open price, start time, sequence number, fixes."""
+_LATE = attrgetter("_lv", "_lpv")
+"""A time bar's late trades inside its running sums: volume and notional."""
 _TIME = attrgetter("_seen", "_bucket")
 _SV = attrgetter("_sv")
 H, L, C, END_V, END_PV = range(5)

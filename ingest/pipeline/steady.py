@@ -9,10 +9,10 @@ every symbol's window; a trade with fewer than `window` prices before it only fi
 as in `AnomalyDetector.detect`, so the symbols starting up (20 trades each by default) are taken
 too instead of each paying a call in its task. Their sessions move on from a summary of their
 batch, and so does every open bar the batch closes nothing of, in the arrays of the `SteadyBook`
-that holds their state (`ingest.pipeline.book`), a few numpy calls a series for all of them. The
-few series a batch closes a bar of (or has a late trade for) go through their own bar builders
-(`Steady.close`, which the caller runs). The others are left as they were, for
-`SymbolPipeline.on_trades`.
+that holds their state (`ingest.pipeline.book`), a few numpy calls a series for all of them.
+Most bars a batch opens or closes are done in those arrays too (`ingest.pipeline.closes`); the
+few series left (a late trade, two fills) go through their own bar builders (`Steady.close`,
+which the caller runs). The others are left as they were, for `SymbolPipeline.on_trades`.
 
 Both ways give the same state and the same rows, bit for bit: the running sums are added one
 trade after the other from the session's sums (`np.add.accumulate` along each symbol's row),
@@ -87,8 +87,9 @@ class Steady:
     def close(self, k: int) -> list[Row]:
         """The bars closed by the batch of pipeline `k` (one of `closing`), with indicators.
 
-        Runs only the series whose open bar did not take the batch, through their builders.
-        If it raises, the pipeline is left half-way: the caller replaces it.
+        Those `close_in_arrays` closed, and those of the series it left to their builders (whose
+        open bar did not take the batch), run here. If it raises, the pipeline is left half-way:
+        the caller replaces it.
         """
         c = self._closes
         assert c is not None, "close only what is closing"
