@@ -414,7 +414,9 @@ class StreamRouter:
             state = symbols[names[k]]
             state.messages += n
             state.last_recv_ns = newest
-            _note_newest(state.seen, TRADES, _T(records[last]))
+            stamp, seen = _T(records[last]), state.seen
+            if _later(stamp, seen.get(TRADES)):  # `_note_newest`, without its call
+                seen[TRADES] = stamp
             if k not in failed:
                 state.last_event_ns = newest_ts
         if self._trade_store is not None and runs.to_remember is not None:

@@ -18,6 +18,7 @@ grow. Pages come from segments of `SEGMENT_PAGES` pages, allocated as needed and
 from __future__ import annotations
 
 import mmap
+from operator import attrgetter
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
@@ -350,14 +351,17 @@ def _exchange_code(exchange: str) -> int:
     return ord(exchange) if len(exchange) == 1 else hash(exchange)
 
 
+_ID: Final = attrgetter("i")
+_EXCHANGE: Final = attrgetter("x")
+
 TradeKeys = tuple["npt.NDArray[np.int64]", "npt.NDArray[np.int64]"]
 """(trade ids, exchange codes) of some trades: what a correction or cancel names a trade by."""
 
 
 def trade_keys(trades: Sequence[StockTrade]) -> TradeKeys:
     """The ids and exchange codes of `trades`, as the memory finds them."""
-    ids = np.fromiter((t.i for t in trades), np.int64, len(trades))
-    exchanges = [t.x for t in trades]
+    ids = np.fromiter(map(_ID, trades), np.int64, len(trades))
+    exchanges = list(map(_EXCHANGE, trades))
     joined = "".join(exchanges)
     # The common case, one letter each: as many letters as trades, and none without one.
     if len(joined) == len(trades) and joined.isascii() and "" not in exchanges:
