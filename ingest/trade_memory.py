@@ -86,7 +86,7 @@ class TradeStore:
         """Per slot and page of its ring, the page's number in the store, or `_NO_PAGE`."""
         self._oldest = np.empty(0, np.int64)
         self._next = np.empty(0, np.int64)
-        self.slots_used = 0
+        self._slots_used = 0
         self._segments: list[npt.NDArray[np.void]] = []
         """The store's records, packed; page `p` is records `[p * PAGE, (p + 1) * PAGE)`."""
         self._used_pages = 0
@@ -101,10 +101,10 @@ class TradeStore:
         """A slot for a new memory, empty."""
         if self._free_slots:
             return self._free_slots.pop()
-        slot = self.slots_used
+        slot = self._slots_used
         if slot == len(self._pages):
             self._grow_slots(max(16, 2 * slot))
-        self.slots_used += 1
+        self._slots_used += 1
         return slot
 
     def close(self, slot: int) -> None:
@@ -205,11 +205,12 @@ class TradeStore:
         page_of = ring // PAGE
         pages = self._pages[owner, page_of]
         missing = pages == _NO_PAGE
-        if allocate and missing.any():
+        if not allocate:
+            assert not missing.any(), "a kept trade is on a page in use"
+        elif missing.any():
             needed = np.unique(owner[missing] * self._ring_pages + page_of[missing])
             self._pages.flat[needed] = self._allocate(len(needed))
             pages = self._pages[owner, page_of]
-        assert not (pages == _NO_PAGE).any(), "a kept trade is on a page in use"
         where: npt.NDArray[np.int64] = pages.astype(np.int64) * PAGE + ring % PAGE
         return where
 
