@@ -92,7 +92,7 @@ class _Update:
 
 @dataclass(slots=True)
 class Closes:
-    """What `close_counts` did: which (series, batch) it took, their bars, the state to write."""
+    """What `close_in_arrays` did: which (series, batch) it took, their bars, the state to write."""
 
     handled: npt.NDArray[np.bool_]
     """Per series and batch: done here (the builders must not run it)."""
