@@ -255,7 +255,11 @@ RELEASE_PAUSE = 0.001
 """Seconds between two steps of `_release`, the GIL left to the event loop."""
 
 
-def _release(tables: list[pa.Table], pause: float) -> None:
+_pause: Callable[[float], None] = time.sleep
+"""Hands the GIL over for that long (`_release`)."""
+
+
+def _release(tables: list[pa.Table], closing: Callable[[], bool]) -> None:
     """Let go of the tables a seal wrote, here in the writer's thread, a few at a time.
 
     A trades seal holds a table of every flush (~600 at 100k trades/s), and freeing them holds
@@ -265,7 +269,7 @@ def _release(tables: list[pa.Table], pause: float) -> None:
     """
     while tables:
         del tables[-RELEASE_STEP:]
-        time.sleep(pause)
+        _pause(0.0 if closing() else RELEASE_PAUSE)  # stopping: no pause keeps exit waiting
 
 
 @dataclass(slots=True)
@@ -530,7 +534,7 @@ class TableWriter:
         if not result.remaining:  # all in files: what they were written from can go
             del parts, table
             records.clear()
-            _release(tables, 0.0 if self._closing else RELEASE_PAUSE)
+            _release(tables, lambda: self._closing)
         return result
 
     def _write_parts(self, parts: list[tuple[str, pa.Table]]) -> _Sealed:

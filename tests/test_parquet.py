@@ -227,6 +227,30 @@ class TestTables:
         (path,) = files(tmp_path)
         assert pq.read_table(path)["trade_id"].to_pylist() == [0, 1, 2]
 
+    def test_a_seal_pauses_between_steps_of_letting_go_but_not_when_stopping(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Freeing gives the loop the GIL between steps; a writer closing does not wait for it."""
+        spec = table_spec("stocks", "trades", ())
+        pauses: list[float] = []
+        monkeypatch.setattr(storage.parquet, "_pause", pauses.append)
+
+        async def main() -> None:
+            async with scratch_dataset(tmp_path) as dataset:
+                writer = dataset.writer("stocks", "trades")
+                for i in range(9):
+                    stamp = f"2024-07-01T10:00:0{i}Z"
+                    await writer.put_table(spec.to_table([trade("A", stamp, i)]), 1)
+                assert await writer.seal()
+                assert pauses == [storage.parquet.RELEASE_PAUSE] * 3  # 9 tables, 4 a step
+                pauses.clear()
+                await writer.put_table(spec.to_table([trade("A", "2024-07-01T10:00:09Z", 9)]), 1)
+            # Leaving the dataset closes the writer, whose last seal lets go without pausing.
+            assert pauses == [0.0]
+
+        anyio.run(main)
+        assert len(files(tmp_path)) == 2
+
     def test_a_failed_seal_keeps_its_rows_for_the_retry(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
