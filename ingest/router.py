@@ -248,10 +248,19 @@ class StreamRouter:
         return min(stamps, default=None)
 
     def _spawn(self, symbol: str) -> Inbox[SymbolBatch]:
+        """Start a symbol's task, its pipeline and trade memory made here, ready for the flush.
+
+        The steady step may then take the symbol's very first batch, as it takes the rest.
+        """
         assert self._group is not None, "StreamRouter.run must be started first"
         inbox = self._inboxes[symbol] = Inbox[SymbolBatch](self._settings.storage.queue_size)
         self._inflight[symbol] = deque()
         self.symbols.setdefault(symbol, SymbolState())
+        pipeline = self._factory(symbol, self._settings.pipeline)
+        history = self.warmup.pop(symbol, None)
+        if history:
+            pipeline.warm_up(history)
+        self._pipelines[symbol], self._memories[symbol] = pipeline, self._memory()
         self._group.start_soon(self._symbol_task, symbol, inbox, name=f"{self.stream}:{symbol}")
         return inbox
 
@@ -339,6 +348,8 @@ class StreamRouter:
         names, pipeline_of, inflight = runs.names, self._pipelines.get, self._inflight
         for k in np.flatnonzero(counts <= STEADY_MAX).tolist():
             symbol = names[k]
+            if symbol not in self._inboxes:
+                self._spawn(symbol)  # its first batch: taken here too, if it can be
             pipeline = pipeline_of(symbol)
             if (
                 pipeline is not None
@@ -562,11 +573,6 @@ class StreamRouter:
 
     async def _symbol_task(self, symbol: str, inbox: Inbox[SymbolBatch]) -> None:
         with structlog.contextvars.bound_contextvars(stream=self.stream, symbol=symbol):
-            pipeline = self._factory(symbol, self._settings.pipeline)
-            history = self.warmup.pop(symbol, None)
-            if history:
-                pipeline.warm_up(history)
-            self._pipelines[symbol], self._memories[symbol] = pipeline, self._memory()
             inflight = self._inflight[symbol]
             while (waiting := await inbox.take_all()) is not None:
                 for each in waiting:

@@ -128,17 +128,21 @@ class SteadyBook:
         assert self._detector is not None, "nothing held yet"
         return self._detector
 
-    def hold(self, pipelines: Sequence[SymbolPipeline]) -> npt.NDArray[np.intp]:
+    def hold(
+        self, pipelines: Sequence[SymbolPipeline], first_days: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.intp]:
         """Each pipeline's slot, holding those not yet held; -1 for one that cannot be held.
 
-        A pipeline is held once its session has begun (its first trade starts it, in its task);
-        its anomaly window may still be filling.
+        A pipeline is held once its session has begun; its anomaly window may still be filling.
+        One that has seen no trade yet begins its session on day `first_days[k]` (the UTC day
+        of all of its batch), as its first trade would; with -1 (a batch of two days) it is
+        not held.
         """
         slots = np.fromiter(map(_HELD_SLOT, pipelines), np.intp, len(pipelines))
         loose = np.flatnonzero(slots < 0)
         if len(loose):
             taking = [pipelines[i] for i in loose.tolist()]
-            slots[loose] = self._take(taking)
+            slots[loose] = self._take(taking, first_days[loose].tolist())
         return slots
 
     def release(self, pipeline: SymbolPipeline) -> None:
@@ -147,6 +151,7 @@ class SteadyBook:
         pipeline._book = None
         pipeline._slot = -1
         self._owners[slot] = None
+        pipeline._day = int(self.day[slot])  # a session the book began, on a first trade
         pipeline._cv = float(self.cv[slot])
         pipeline._cpv = float(self.cpv[slot])
         pipeline._seq = int(self.seq[slot])
@@ -246,9 +251,13 @@ class SteadyBook:
             if self._kinds[i][0] == "time":
                 self.late[i, :, slot] = _LATE(builder)
 
-    def _take(self, pipelines: list[SymbolPipeline]) -> list[int]:
+    def _take(self, pipelines: list[SymbolPipeline], first_days: list[int]) -> list[int]:
         """Hold these pipelines (each not held): read their state into their slots."""
         sessions = list(map(_SESSION, pipelines))
+        for i, (day, *rest) in enumerate(sessions):
+            if day is None and first_days[i] >= 0:
+                # No trade yet: the session a first trade of that day begins (sums at zero).
+                sessions[i] = (first_days[i], 0.0, 0.0, 0.0, 0.0, rest[-1])
         recents = list(map(_RECENT, pipelines))
         if self._detector is None:
             self._configure(pipelines[0])

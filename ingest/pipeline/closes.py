@@ -184,19 +184,22 @@ def _new_bucket(
     """For time series `i`: where the batch's one later bucket begins, and that bucket's start.
 
     -1 (the builders') unless the open bar's bucket holds the batch's first trades and one
-    later bucket all the rest: no late trade, no second new bucket.
+    later bucket all the rest: no late trade, no second new bucket. A series that has seen no
+    trade yet (`TimeBarBuilder._seen`) opens its first bucket at trade 0 when all the batch is
+    of one bucket.
     """
     width = int(book.kinds[i][1])
     bucket = book.bucket[i, slots]
+    seen, was_open = book.seen[i, slots], book.open[i, slots]
     inside = span < m[:, None]
     buckets = stamps // width
     later = buckets.max(axis=1, where=inside, initial=np.iinfo(np.int64).min)
     mine = (buckets == bucket[:, None]) & inside
-    e = mine.sum(axis=1)
+    e = np.where(seen, mine.sum(axis=1), 0)
     # Every trade from the e-th on is of the later bucket: then the open bucket's e trades are
     # the first e, and no trade is of a third bucket.
     rest = inside & (span >= e[:, None])
-    ok = book.open[i, slots] & book.seen[i, slots] & (later > bucket)
+    ok = np.where(seen, was_open & (later > bucket), ~was_open)
     ok &= np.where(rest, buckets == later[:, None], True).all(axis=1)
     return np.where(ok, e, -1), later * width
 

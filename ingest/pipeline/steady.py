@@ -1,18 +1,19 @@
 """Many symbols' small batches in one vector step: the anomaly check, and bars that stay open.
 
-At a trickle a flush brings each of hundreds of symbols a trade or two, and one symbol's pipeline
-call costs about the same whatever its size (~20 us warm, more with its state out of cache): the
-latency of a paced run is that fixed cost times the symbols of a flush. `take_steady` takes a
-flush's batches that stay in their session (no new UTC day, no trade of an earlier one) once the
-session has begun. Their trades are checked for anomalies together, with a few numpy calls over
-every symbol's window; a trade with fewer than `window` prices before it only fills its window,
-as in `AnomalyDetector.detect`, so the symbols starting up (20 trades each by default) are taken
-too instead of each paying a call in its task. Their sessions move on from a summary of their
-batch, and so does every open bar the batch closes nothing of, in the arrays of the `SteadyBook`
-that holds their state (`ingest.pipeline.book`), a few numpy calls a series for all of them.
-Most bars a batch opens or closes are done in those arrays too (`ingest.pipeline.closes`); the
-few series left (a late trade, two fills) go through their own bar builders (`Steady.close`,
-which the caller runs). The others are left as they were, for `SymbolPipeline.on_trades`.
+At a trickle a flush brings each of hundreds of symbols a trade or two, and one symbol's
+pipeline call costs about the same whatever its size (~20 us warm, more with its state out of
+cache): the latency of a paced run is that fixed cost times the symbols of a flush.
+`take_steady` takes a flush's batches that stay in their session (no new UTC day, no trade of an
+earlier one), or that begin one on a symbol's first trade. Their trades are checked for
+anomalies together, with a few numpy calls over every symbol's window; a trade with fewer than
+`window` prices before it only fills its window, as in `AnomalyDetector.detect`, so the symbols
+starting up (20 trades each by default) are taken too instead of each paying a call in its task.
+Their sessions move on from a summary of their batch, and so does every open bar the batch
+closes nothing of, in the arrays of the `SteadyBook` that holds their state
+(`ingest.pipeline.book`), a few numpy calls a series for all of them. Most bars a batch opens or
+closes are done in those arrays too (`ingest.pipeline.closes`); the few series left (a late
+trade, two fills) go through their own bar builders (`Steady.close`, which the caller runs). The
+others are left as they were, for `SymbolPipeline.on_trades`.
 
 Both ways give the same state and the same rows, bit for bit: the running sums are added one
 trade after the other from the session's sums (`np.add.accumulate` along each symbol's row),
@@ -136,7 +137,7 @@ def take_steady(
     size: npt.NDArray[np.float64],
     counts: npt.NDArray[np.intp],
 ) -> Steady:
-    """Take every batch that stays in its session once the session has begun.
+    """Take every batch that stays in its session, or begins one on a symbol's first trade.
 
     The batches are consecutive in `ts`, `price` and `size`, `counts[k]` trades (at least one)
     for `pipelines[k]`, each in arrival order. All pipelines share one configuration and are
@@ -146,17 +147,18 @@ def take_steady(
     anything else reaches that pipeline.
     """
     k_all = len(pipelines)
-    slots = book.hold(pipelines)
+    starts = np.cumsum(counts) - counts
+    ends = starts + counts
+    tmin = np.minimum.reduceat(ts, starts)
+    tmax = np.maximum.reduceat(ts, starts)
+    first_days = np.where(tmin // _DAY_NS == tmax // _DAY_NS, tmin // _DAY_NS, -1)
+    slots = book.hold(pipelines, first_days)
     held = slots >= 0
     out = Steady([False] * k_all)
     if not held.any():
         return out
     at = np.where(held, slots, slots.max())  # a held slot for every row; masked below
     out.first_seq = first_seq = book.seq[at]
-    starts = np.cumsum(counts) - counts
-    ends = starts + counts
-    tmin = np.minimum.reduceat(ts, starts)
-    tmax = np.maximum.reduceat(ts, starts)
     days = book.day[at]
     steady = held & (tmin // _DAY_NS == days) & (tmax // _DAY_NS == days)
 
