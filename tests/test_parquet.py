@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from pathlib import Path
 
-    from storage.parquet import Dataset
+    from storage.parquet import Dataset, TableWriter
 
 
 def trade(symbol: str, t: str, i: int) -> StockTrade:
@@ -47,6 +47,13 @@ def scratch_dataset(
         indicator_columns=(),
         **options,
     )
+
+
+async def put_one_trade_tables(writer: TableWriter, n: int) -> None:
+    """`n` tables of one trade each, a second apart (trade ids 0 to n - 1), as flushes put them."""
+    spec = table_spec("stocks", "trades", ())
+    for i in range(n):
+        await writer.put_table(spec.to_table([trade("A", f"2024-07-01T10:00:0{i}Z", i)]), 1)
 
 
 def write(root: Path, records: list[StockTrade]) -> None:
@@ -204,17 +211,14 @@ class TestTables:
         """The tables put since the last seal are freed by the seal's worker thread, once written.
 
         A trades seal at 100k trades/s holds ~600 of them; freed on the event loop they stalled
-        it for 20-35 ms (docs/performance.md, "Loop stalls and warm-up").
+        it for 20-35 ms (docs/performance.md, "Bars in arrays, and seals off the loop").
         """
-        spec = table_spec("stocks", "trades", ())
         freed_in: list[str] = []
 
         async def main() -> None:
             async with scratch_dataset(tmp_path) as dataset:
                 writer = dataset.writer("stocks", "trades")
-                for i in range(3):
-                    stamp = f"2024-07-01T10:00:0{i}Z"
-                    await writer.put_table(spec.to_table([trade("A", stamp, i)]), 1)
+                await put_one_trade_tables(writer, 3)
                 for table in writer.buffered_tables():
                     weakref.finalize(table, lambda: freed_in.append(current_thread().name))
                 del table  # the test's own reference
@@ -238,9 +242,7 @@ class TestTables:
         async def main() -> None:
             async with scratch_dataset(tmp_path) as dataset:
                 writer = dataset.writer("stocks", "trades")
-                for i in range(9):
-                    stamp = f"2024-07-01T10:00:0{i}Z"
-                    await writer.put_table(spec.to_table([trade("A", stamp, i)]), 1)
+                await put_one_trade_tables(writer, 9)
                 assert await writer.seal()
                 assert pauses == [storage.parquet.RELEASE_PAUSE] * 3  # 9 tables, 4 a step
                 pauses.clear()
