@@ -166,11 +166,30 @@ def close_in_arrays(
     e = np.concatenate([begins for _, _, begins, _ in pairs])
     opens = np.concatenate([opens for _, _, _, opens in pairs])
     out.handled[series, ks] = True
-    _close_pairs(
-        book, out, series, ks, e, opens, slots[ks], first_seq[ks], cum_v[ks], cum_pv[ks],
-        prices[ks], span, slices, vwap[ks],
-    )  # fmt: skip
+    pairs_of = _Pairs(
+        series, ks, e, opens, slots[ks], first_seq[ks], cum_v[ks], cum_pv[ks], prices[ks], vwap[ks]
+    )
+    _close_pairs(book, out, pairs_of, span, slices)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Pairs:
+    """(series, batch) pairs whose bars open or close here, with their batches' arrays."""
+
+    series: npt.NDArray[np.intp]
+    ks: npt.NDArray[np.intp]
+    e: npt.NDArray[np.intp]
+    """The trade the next bar begins at (none when it is the batch's length)."""
+    opens: npt.NDArray[np.int64]
+    """The next bar's start time."""
+    slots: npt.NDArray[np.intp]
+    offset: npt.NDArray[np.int64]
+    """The sequence number of the batch's first trade."""
+    cum_v: npt.NDArray[np.float64]
+    cum_pv: npt.NDArray[np.float64]
+    prices: npt.NDArray[np.float64]
+    vwap: npt.NDArray[np.float64]
 
 
 def _new_bucket(
@@ -240,20 +259,7 @@ def _begins(
 
 
 def _close_pairs(
-    book: SteadyBook,
-    out: Closes,
-    series: npt.NDArray[np.intp],
-    ks: npt.NDArray[np.intp],
-    e: npt.NDArray[np.intp],
-    opens: npt.NDArray[np.int64],
-    slots: npt.NDArray[np.intp],
-    offset: npt.NDArray[np.int64],
-    cum_v: npt.NDArray[np.float64],
-    cum_pv: npt.NDArray[np.float64],
-    prices: npt.NDArray[np.float64],
-    span: npt.NDArray[np.intp],
-    slices: Slices,
-    vwap: npt.NDArray[np.float64],
+    book: SteadyBook, out: Closes, pairs: _Pairs, span: npt.NDArray[np.intp], slices: Slices
 ) -> None:
     """Close and open the bars of these (series, batch) pairs.
 
@@ -261,6 +267,9 @@ def _close_pairs(
     `opens`. A count bar's fill is trade `e - 1`, in the bar; a time bar's is trade `e`, the
     first of the new bucket, which the closed bar does not hold (it may hold none: `e` 0).
     """
+    series, ks, e, opens, slots = pairs.series, pairs.ks, pairs.e, pairs.opens, pairs.slots
+    offset, cum_v, cum_pv, prices = pairs.offset, pairs.cum_v, pairs.cum_pv, pairs.prices
+    vwap = pairs.vwap
     m = slices.counts[ks]
     rows = np.arange(len(ks))
     timed = np.array([kind == "time" for kind, _ in book.kinds])[series]
