@@ -144,27 +144,25 @@ def close_in_arrays(
     # Per pair of a series and a batch its open bar does not take: the trade the next bar
     # begins at (after the fill, at the new bucket, or 0 with no bar open), and for a time
     # series the new bucket's start; the builders' when the trade is -1.
-    pairs: list[tuple[int, npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.int64]]]
-    pairs = []
-    for i, (kind, _) in enumerate(book.kinds):
-        ks = np.flatnonzero(clean & ~takes[i])
-        if not len(ks):
-            continue
+    pairs: list[tuple[npt.NDArray[np.intp], ...]] = []
+    counted = [i for i, (kind, _) in enumerate(book.kinds) if kind != "time"]
+    if counted:  # every count series at once
+        row, ks = np.nonzero(clean & ~takes[counted])
+        series = np.array(counted, np.intp)[row]
         m = slices.counts[ks]
-        if kind == "time":
-            begins, opens = _new_bucket(book, i, slots[ks], m, stamps[ks], span)
-        else:
-            begins = _begins(book, i, ks, slots[ks], m, cum_v[ks], cum_pv[ks], span)
-            opens = stamps[ks, np.minimum(begins, m - 1)]
-        done = begins >= 0
-        if done.any():
-            pairs.append((i, ks[done], begins[done], opens[done]))
+        begins = _begins(book, series, slots[ks], m, cum_v[ks], cum_pv[ks], span)
+        pairs.append((series, ks, begins, stamps[ks, np.minimum(begins, m - 1)]))
+    for i in (i for i, (kind, _) in enumerate(book.kinds) if kind == "time"):
+        ks = np.flatnonzero(clean & ~takes[i])
+        begins, opens = _new_bucket(book, i, slots[ks], slices.counts[ks], stamps[ks], span)
+        pairs.append((np.full(len(ks), i, np.intp), ks, begins, opens))
     if not pairs:
         return out
-    series = np.concatenate([np.full(len(ks), i, np.intp) for i, ks, _, _ in pairs])
-    ks = np.concatenate([ks for _, ks, _, _ in pairs])
-    e = np.concatenate([begins for _, _, begins, _ in pairs])
-    opens = np.concatenate([opens for _, _, _, opens in pairs])
+    series, ks, e, opens = (np.concatenate(part) for part in zip(*pairs, strict=True))
+    done = e >= 0
+    if not done.any():
+        return out
+    series, ks, e, opens = series[done], ks[done], e[done], opens[done]
     out.handled[series, ks] = True
     pairs_of = _Pairs(
         series, ks, e, opens, slots[ks], first_seq[ks], cum_v[ks], cum_pv[ks], prices[ks], vwap[ks]
@@ -225,36 +223,40 @@ def _new_bucket(
 
 def _begins(
     book: SteadyBook,
-    i: int,
-    ks: npt.NDArray[np.intp],
+    series: npt.NDArray[np.intp],
     slots: npt.NDArray[np.intp],
     m: npt.NDArray[np.intp],
     cum_v: npt.NDArray[np.float64],
     cum_pv: npt.NDArray[np.float64],
     span: npt.NDArray[np.intp],
 ) -> npt.NDArray[np.intp]:
-    """For series `i` and batches `ks`: the trade the next bar begins at, or -1 (builders)."""
-    kind, threshold = book.kinds[i]
-    was_open = book.open[i, slots]
+    """For these (count series, batch) pairs: the trade the next bar begins at, or -1."""
+    kinds = np.array([kind for kind, _ in book.kinds])[series]
+    threshold = np.array([size for _, size in book.kinds])[series]
+    ticks = threshold.astype(np.int64)  # `CountBarBuilder._ticks`
+    tick, volume = kinds == "tick", kinds == "volume"
+    was_open = book.open[series, slots]
     # The trade that fills the open bar (`CountBarBuilder._closing_trade`): the first whose
     # running sum reaches the threshold, by the same expression; -1 for none.
-    if kind == "tick":
-        need = int(threshold) - book.n[i, slots]
-        filling = np.where(need <= m, need - 1, -1)
-    else:
-        field = (S0_V, BASE_V) if kind == "volume" else (S0_PV, BASE_PV)
-        s0, base = book.fixed[i][field, :][:, slots]
-        sums = cum_v if kind == "volume" else cum_pv
-        reached = ((sums[:, 1:] - s0[:, None]) + base[:, None] >= threshold) & (span < m[:, None])
-        filling = np.where(reached.any(axis=1), reached.argmax(axis=1), -1)
+    need = ticks - book.n[series, slots]
+    sums = np.where(volume[:, None], cum_v, cum_pv)  # a dollar bar's: notional
+    s0 = book.fixed[series, np.where(volume, S0_V, S0_PV), slots]
+    base = book.fixed[series, np.where(volume, BASE_V, BASE_PV), slots]
+    reached = ((sums[:, 1:] - s0[:, None]) + base[:, None] >= threshold[:, None]) & (
+        span < m[:, None]
+    )
+    filling = np.where(
+        tick,
+        np.where(need <= m, need - 1, -1),
+        np.where(reached.any(axis=1), reached.argmax(axis=1), -1),
+    )
     e = np.where(was_open, filling + 1, 0)
     # The bar begun at `e` takes the rest of the batch: it must not fill (a second fill, or
     # a fill of the bar the batch opens, is the builders').
-    if kind == "tick":
-        refills = m - e >= int(threshold)
-    else:
-        ends = np.arange(len(ks))
-        refills = (e < m) & (sums[ends, m] - sums[ends, e] + 0.0 >= threshold)
+    rows = np.arange(len(series))
+    refills = np.where(
+        tick, m - e >= ticks, (e < m) & (sums[rows, m] - sums[rows, e] + 0.0 >= threshold)
+    )
     return np.where((filling >= 0) | ~was_open, np.where(refills, -1, e), -1)
 
 

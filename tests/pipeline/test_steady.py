@@ -121,14 +121,19 @@ def test_most_small_batches_are_steady_with_the_default_bars() -> None:
     assert taken > 0.8 * offered
 
 
+@pytest.mark.parametrize(
+    ("ticks", "volume", "dollars"), [(4, 10, 1000), (40, 90, 12_000)], ids=["small", "long"]
+)
 def test_count_bars_closed_in_arrays_are_the_builders_bars(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, ticks: int, volume: int, dollars: int
 ) -> None:
     """Count bars opened and closed by `close_in_arrays`, bit for bit as their builders do.
 
     Whole-number sizes and prices, so that sums land exactly on the thresholds: a bar filled
     by a batch's last trade, the next bar filled exactly by the rest of a batch (two fills: the
-    builders' case), a batch that only opens a bar.
+    builders' case), a batch that only opens a bar; and a midnight, after which the bars that
+    were open fill in arrays with the old session's volume as their base (long bars: most are
+    open at midnight).
     """
     handled: list[int] = []
 
@@ -142,16 +147,17 @@ def test_count_bars_closed_in_arrays_are_the_builders_bars(
     settings = PipelineSettings(
         bars=(
             BarSpec("time", 60.0, "1m"),
-            BarSpec("tick", 4.0, "4"),
-            BarSpec("volume", 10.0, "10"),
-            BarSpec("dollar", 1000.0, "1000"),
+            BarSpec("tick", float(ticks), str(ticks)),
+            BarSpec("volume", float(volume), str(volume)),
+            BarSpec("dollar", float(dollars), str(dollars)),
         )
     )
     rng = np.random.default_rng(7)
     batches = []
     for s in range(4):
         n = 400
-        ts = 1_719_878_400_000_000_000 + np.cumsum(rng.integers(1, 10**9, n))
+        # Across a UTC midnight: the bars open then carry the old session's share as a base.
+        ts = 1_719_878_300_000_000_000 + np.cumsum(rng.integers(1, 10**9, n))
         price = rng.choice([50.0, 100.0, 200.0, 250.0], n) + s
         size = rng.choice([1.0, 2.0, 3.0, 5.0, 10.0], n)
         ends = np.cumsum(rng.integers(1, 7, n))
@@ -161,7 +167,7 @@ def test_count_bars_closed_in_arrays_are_the_builders_bars(
         )
     offered, taken, _ = _run_both(settings, 0, batches)
     assert taken > 0.9 * offered
-    assert sum(handled) > 500
+    assert sum(handled) > 150
 
 
 def test_a_flagged_trade_taken_together_is_reported_once_with_its_time() -> None:
