@@ -425,9 +425,7 @@ class StreamRouter:
             state = symbols[names[k]]
             state.messages += n
             state.last_recv_ns = newest
-            stamp, seen = _T(records[last]), state.seen
-            if _later(stamp, seen.get(TRADES)):  # `_note_newest`, without its call
-                seen[TRADES] = stamp
+            _note_newest(state.seen, TRADES, _T(records[last]))
             if k not in failed:
                 state.last_event_ns = newest_ts
         if self._trade_store is not None and runs.to_remember is not None:
@@ -445,18 +443,13 @@ class StreamRouter:
         if not len(taken):
             return
         assert runs.to_remember is not None
-        memories = self._memories
+        names, memories, records = runs.names, self._memories, runs.to_remember
+        held = [cast("TradeMemory", memories[names[k]]) for k in taken.tolist()]
         if len(taken) <= REMEMBER_ONE_BY_ONE:
-            records = runs.to_remember
-            for k, first in zip(taken.tolist(), first_seq.tolist(), strict=True):
-                start, end = int(runs.starts[k]), int(runs.ends[k])
-                memory = cast("TradeMemory", memories[runs.names[k]])
-                store.remember_one(memory.slot, first, records[start:end])
+            for k, memory, first in zip(taken.tolist(), held, first_seq.tolist(), strict=True):
+                memory.remember(first, records[runs.starts[k] : runs.ends[k]])
             return
-        names = runs.names
-        held = [memories[names[k]] for k in taken.tolist()]
         slots = np.fromiter(map(_SLOT, held), np.intp, len(held))
-        records = runs.to_remember
         if len(taken) < len(runs.names):
             chosen = np.zeros(len(runs.names), np.bool_)
             chosen[taken] = True

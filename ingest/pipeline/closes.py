@@ -134,8 +134,7 @@ def close_in_arrays(
     if np.count_nonzero(candidates & ~takes) < IN_ARRAYS_MIN:
         return out
     starts = np.cumsum(slices.counts) - slices.counts
-    clean = candidates & (np.minimum.reduceat(price, starts) > 0)
-    clean &= np.minimum.reduceat(size, starts) >= 0
+    clean = candidates & (slices.low > 0) & (np.minimum.reduceat(size, starts) >= 0)
     span = np.arange(cum_v.shape[1] - 1)
     prices = np.full((len(slots), len(span)), np.nan)
     prices[rows, cols] = price

@@ -151,7 +151,8 @@ def take_steady(
     ends = starts + counts
     tmin = np.minimum.reduceat(ts, starts)
     tmax = np.maximum.reduceat(ts, starts)
-    first_days = np.where(tmin // _DAY_NS == tmax // _DAY_NS, tmin // _DAY_NS, -1)
+    first_day, last_day = tmin // _DAY_NS, tmax // _DAY_NS
+    first_days = np.where(first_day == last_day, first_day, -1)
     slots = book.hold(pipelines, first_days)
     held = slots >= 0
     out = Steady([False] * k_all)
@@ -160,7 +161,7 @@ def take_steady(
     at = np.where(held, slots, slots.max())  # a held slot for every row; masked below
     out.first_seq = first_seq = book.seq[at]
     days = book.day[at]
-    steady = held & (tmin // _DAY_NS == days) & (tmax // _DAY_NS == days)
+    steady = held & (first_day == days) & (last_day == days)
 
     # The session's running sums, one trade after the other along each symbol's row; the
     # padding after a short batch adds zeros, which change no sum.
