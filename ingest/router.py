@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
-from ingest.batch import TRADES, Arrivals, Grouped, Rows, SymbolBatch, TradeRuns, group_flush
+from ingest.batch import TRADES, Arrivals, Grouped, Rows, SymbolBatch, TradeRuns
 from ingest.config import PipelineSettings, Settings, StreamName
 from ingest.corrections import apply_correction
 from ingest.inbox import Inbox
@@ -130,6 +130,12 @@ class _Taken:
     outputs: list[tuple[PipelineOutput, int]] = field(default_factory=list)
     """Each taken symbol's rows, if any, and its last trade's receipt (their `recv_ts`)."""
     oldest_recv_ns: int | None = None
+    runs: TradeRuns | None = None
+    taken: npt.NDArray[np.intp] | None = None
+    """The runs taken (ascending), and `fed`, those of them fed to their pipeline (not failed),
+    with `first_seq`, each fed run's first trade's sequence number: for `_remember_steady`."""
+    fed: npt.NDArray[np.intp] | None = None
+    first_seq: npt.NDArray[np.int64] | None = None
 
 
 def _note_newest(seen: dict[str, Stamp], table: str, stamp: Stamp) -> None:
@@ -302,10 +308,14 @@ class StreamRouter:
     async def _flush(self, pending: dict[str, Arrivals]) -> None:
         """Split one flush's messages by symbol, write its bulk tables, hand the batches over.
 
-        Nothing of the flush outlives it here but the batches in the symbol tasks' inboxes.
+        Nothing of the flush outlives it here but the batches in the symbol tasks' inboxes. The
+        steady step runs before anything its pipelines do not need (`Grouped.finish`).
         """
-        grouped = group_flush(pending, self._bulk_converters(pending), keyed=self._remembers_trades)
-        steady = self._take_steady(grouped)
+        converters = self._bulk_converters(pending)
+        grouped = Grouped.of(pending, keyed=self._remembers_trades)
+        steady = self._take_steady(grouped, bulk=TRADES in converters)
+        grouped.finish(converters)
+        self._remember_steady(steady)
         batches = grouped.batches(skip=steady.symbols)
         for handed in self._handed:
             earlier = handed()
@@ -325,21 +335,28 @@ class StreamRouter:
         self._room = anyio.Event()
         for table, (rows, oldest_ns) in grouped.tables.items():
             await self._dataset.writer(self.stream, table).put_table(rows, oldest_ns)
+        if steady.runs is not None and TRADES not in grouped.tables:
+            # Taken, then the bulk table did not convert: record by record, as their tasks would.
+            records = steady.runs.records
+            assert steady.taken is not None
+            taken = [records[i] for i in steady.runs.positions(steady.taken).tolist()]
+            await self._dataset.writer(self.stream, TRADES).put(taken)
         await self._emit_many(steady.outputs)
         self._steady_since = None
         for symbol, batch in batches.items():
             await self._hand_over(symbol, batch)
 
-    def _take_steady(self, grouped: Grouped) -> _Taken:
+    def _take_steady(self, grouped: Grouped, *, bulk: bool) -> _Taken:
         """Run the flush's small batches together where they can be (`ingest.pipeline.steady`).
 
-        Offered: a symbol's trades alone, already written in bulk, while its task is idle
-        (nothing of it in flight) and its pipeline the standard one. What is taken is run and
-        accounted for here as its task would (`_account`, `_fed`), for all the symbols at once,
-        and needs no batch of its own; the rows it produced are for the caller to write.
+        Offered (`bulk`: the flush's trades are to be written in bulk): a symbol's trades alone,
+        while its task is idle (nothing of it in flight) and its pipeline the standard one. What
+        is taken is run and accounted for here as its task would (`_account`, `_fed`), for all
+        the symbols at once, and needs no batch of its own; the rows it produced, its trades if
+        the bulk table fails, and its trades' memory (`_remember_steady`) are the caller's.
         """
         runs = grouped.trade_runs()
-        if runs is None or TRADES not in grouped.tables:
+        if runs is None or not bulk:
             return _Taken()
         besides = grouped.symbols_besides(TRADES)
         counts = runs.counts
@@ -380,10 +397,14 @@ class StreamRouter:
             return _Taken()
         runs_taken = which[taken]
         assert steady.first_seq is not None, "a batch taken is of a pipeline held"
-        self._account_steady(runs, runs_taken, steady.first_seq[taken], failed)
+        fed = self._account_steady(runs, runs_taken, failed)
         out = _Taken(
             {runs.names[k] for k in runs_taken.tolist()},
             oldest_recv_ns=int(runs.oldest_recv[runs_taken].min()),
+            runs=runs,
+            taken=runs_taken,
+            fed=runs_taken[fed],
+            first_seq=steady.first_seq[taken][fed],
         )
         for i in taken.tolist():
             k = offered[i]
@@ -394,16 +415,12 @@ class StreamRouter:
         return out
 
     def _account_steady(
-        self,
-        runs: TradeRuns,
-        taken: npt.NDArray[np.intp],
-        first_seq: npt.NDArray[np.int64],
-        failed: set[int],
-    ) -> None:
+        self, runs: TradeRuns, taken: npt.NDArray[np.intp], failed: set[int]
+    ) -> npt.NDArray[np.bool_] | slice:
         """`_account` and `_fed` of the runs taken by the steady step, in bulk where they can be.
 
-        `first_seq` is each run's first trade's sequence number in its pipeline. A run whose
-        bars failed (`failed`) is counted but not fed, as in its task.
+        A run whose bars failed (`failed`) is counted but not fed, as in its task. Returns which
+        of `taken` were fed, to remember (`_remember_steady`).
         """
         counts = runs.counts[taken]
         now = time.time_ns()
@@ -428,9 +445,16 @@ class StreamRouter:
             _note_newest(state.seen, TRADES, _T(records[last]))
             if k not in failed:
                 state.last_event_ns = newest_ts
-        if self._trade_store is not None and runs.to_remember is not None:
-            kept = taken[fed]
-            self._remember_runs(self._trade_store, runs, kept, first_seq[fed])
+        return fed
+
+    def _remember_steady(self, steady: _Taken) -> None:
+        """Remember the trades the steady step fed (`_keep`), once their flush is finished."""
+        runs = steady.runs
+        if self._trade_store is None or runs is None or runs.to_remember is None:
+            return
+        assert steady.fed is not None
+        assert steady.first_seq is not None
+        self._remember_runs(self._trade_store, runs, steady.fed, steady.first_seq)
 
     def _remember_runs(
         self,

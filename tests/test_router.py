@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
+import pyarrow as pa
 import pytest
 
 from ingest import router as router_module
@@ -21,6 +22,7 @@ from ingest.router import BATCH_MESSAGES, BATCH_PER_SYMBOL, StreamRouter, pendin
 from ingest.trade_memory import TradeMemory, TradeStore
 from storage.parquet import open_dataset
 from storage.quarantine import Quarantine
+from storage.schemas import MarketConverter
 from streams.base import Frame
 from streams.messages import AnyMessage, Correction, StockTrade
 from tests.dataset import query
@@ -296,3 +298,41 @@ def test_a_symbol_failing_in_the_steady_step_fails_alone(
     later = START_NS + 2 * failed[0] * 25_000_000 + 500_000_000
     sql = f"select count(*) from t where symbol = 'AAA' and not partial and epoch_ns(ts) > {later}"
     assert query(tmp_path / "failing", "stocks", "bars", sql)[0][0] > 3
+
+
+def test_steady_trades_are_stored_when_the_bulk_table_does_not_convert(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trades the steady step took are stored even if the bulk table then fails to convert.
+
+    The steady step runs before the flush's bulk table is built; the trades it took are then
+    written record by record, as their tasks would write them.
+    """
+    anyio.run(_run_trickle, tmp_path / "clean", SMALL_BARS)
+    taken: list[int] = []
+
+    def counting(*args: Any) -> Steady:
+        steady = take_steady(*args)
+        taken.append(sum(steady.taken))
+        return steady
+
+    with_columns = MarketConverter.with_columns
+
+    def failing_in_bulk(self: MarketConverter, rs: Any, known: Any) -> Any:
+        if known:  # the router's bulk build; a task's own conversion gathers every column
+            raise pa.ArrowInvalid("injected")
+        return with_columns(self, rs, known)
+
+    monkeypatch.setattr(router_module, "take_steady", counting)
+    monkeypatch.setattr(MarketConverter, "with_columns", failing_in_bulk)
+    router = anyio.run(_run_trickle, tmp_path / "failing", SMALL_BARS)
+    assert sum(taken) == 160
+    assert router.oldest_inflight_ns() is None
+    sql = "select symbol, ts, trade_id, price, size, exchange from t order by symbol, ts"
+    stored = query(tmp_path / "failing", "stocks", "trades", sql)
+    assert len(stored) == 160
+    assert stored == query(tmp_path / "clean", "stocks", "trades", sql)
+    for table in ("bars", "anomalies"):
+        sql = "select * exclude (recv_ts) from t order by all"
+        got = query(tmp_path / "failing", "stocks", table, sql)
+        assert got == query(tmp_path / "clean", "stocks", table, sql)
