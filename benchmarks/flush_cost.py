@@ -6,7 +6,9 @@ Latency), and at 100k ticks/s offered over 200 symbols the per-symbol part domin
 a real `StreamRouter` (symbol tasks, the steady step, the writers) and times `_flush` alone on
 flushes of `--per-symbol` x `--symbols` trades of the benchmark workload, once every symbol's
 anomaly window is full, in CPU time of the thread (less noisy than wall time on a shared
-machine). Whatever the flush hands to a symbol task runs after the timing, untimed.
+machine). Whatever the flush hands to a symbol task runs after the timing, untimed. Also timed:
+how far into each flush its steady step observes its batches' latency (what a steady batch's
+latency includes of the flush; the rest of the flush only delays the next one).
 
     .venv/bin/python -m benchmarks.flush_cost [--per-symbol 5] [--symbols 200]
         [--ticks 200000]
@@ -21,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -28,6 +31,7 @@ from benchmarks.stocks_router import stocks_router
 from ingest.batch import Arrivals
 from ingest.bench.workload import make_workload
 from ingest.logconfig import configure_logging
+from ingest.metrics import Histogram
 from streams.messages import AnyMessage, FrameDecoder
 
 WARM_TRADES = 40
@@ -41,23 +45,43 @@ class FlushCost:
     seconds: list[float]
     touched: list[int]
     trades: int
+    observed: list[float]
+    """Of the flushes whose steady step took batches: CPU seconds from its start to there."""
 
     def per_symbol_us(self) -> list[float]:
         """Each flush's cost divided by the symbols it touched, sorted."""
         return sorted(s / n * 1e6 for s, n in zip(self.seconds, self.touched, strict=True))
 
 
+class _Stamped(Histogram):
+    """The pipeline-latency histogram, noting the thread's CPU time of each bulk observation.
+
+    Only the steady step observes in bulk (`observe_many`); a symbol task observes its batch.
+    """
+
+    def __init__(self, like: Histogram) -> None:
+        super().__init__(like.name, like.help, like.label_names, like.buckets)
+        self.at: list[float] = []
+
+    def observe_many(self, *args: Any, **kwargs: Any) -> None:
+        self.at.append(time.thread_time())
+        super().observe_many(*args, **kwargs)
+
+
 async def _timed(root: Path, symbols: list[str], flushes: list[list[AnyMessage]]) -> FlushCost:
     warm = WARM_TRADES * len(symbols) // len(flushes[0]) + 1
     seconds: list[float] = []
     touched: list[int] = []
+    observed: list[float] = []
     async with stocks_router(root, symbols) as router:
+        stamps = router._metrics.pipeline_latency = _Stamped(router._metrics.pipeline_latency)
         async with anyio.create_task_group() as group:
             await group.start(router.run)
             for i, messages in enumerate(flushes):
                 pending = Arrivals()
                 pending.records += messages
                 pending.symbols += [m.S for m in messages]  # type: ignore[union-attr]
+                stamps.at.clear()
                 started = time.thread_time()
                 await router._flush({"trades": pending})
                 elapsed = time.thread_time() - started
@@ -65,8 +89,10 @@ async def _timed(root: Path, symbols: list[str], flushes: list[list[AnyMessage]]
                 if i >= warm:
                     seconds.append(elapsed)
                     touched.append(len(set(pending.symbols)))
+                    if stamps.at:
+                        observed.append(stamps.at[0] - started)
             router.close()
-    return FlushCost(seconds, touched, len(flushes[0]))
+    return FlushCost(seconds, touched, len(flushes[0]), observed)
 
 
 def measure(per_symbol: float, symbols: int, ticks: int) -> FlushCost:
@@ -95,6 +121,11 @@ def main() -> None:
         f"touched: median {statistics.median(cost.seconds) * 1e3:.2f} ms a flush, "
         f"{per_symbol[n // 10]:.1f} us a symbol at p10, {per_symbol[n // 2]:.1f} at p50"
     )
+    if cost.observed:
+        print(
+            f"  the steady step's latency observed {statistics.median(cost.observed) * 1e3:.2f} "
+            f"ms into the flush (median of {len(cost.observed):,})"
+        )
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
 Runs the daemon (`bench_e2e`) over the bench workload paced at `--rate` ticks/s offered, like
 `latency_probe`, and times every `StreamRouter._flush` (wall and the thread's CPU time) with the
-CPU time of its stages: grouping and bulk Arrow conversion (`group_flush`), the steady step
-(`take_steady`), its closing bars, its accounting, the rows written (`_emit_many`, with the
-writers' conversion of buffered rows to Arrow), the hand-overs. A flush over `--over` ms is
-printed with its stages; a stage's time far above its usual share names the stall. The
-fourteenth round found three this way (docs/performance.md, "Loop stalls and warm-up").
+CPU time of its stages: grouping (`Grouped.of`), the steady step (`take_steady`), its closing
+bars, its accounting, the trade keys and bulk Arrow conversion (`Grouped.finish`), the rows
+written (`_emit_many`, with the writers' conversion of buffered rows to Arrow), the hand-overs.
+A flush over `--over` ms is printed with its stages; a stage's time far above its usual share
+names the stall. The fourteenth round found three this way (docs/performance.md, "Loop stalls
+and warm-up").
 
     .venv/bin/python -m benchmarks.slow_flushes [--rate 100000] [--ticks 300000]
         [--symbols 200] [--over 6] [--config config.toml]
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ingest import router
+from ingest.batch import Grouped
 from ingest.bench.stages import bench_e2e
 from ingest.bench.workload import make_workload
 from ingest.config import load_settings
@@ -37,10 +39,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 STAGES: dict[str, tuple[Any, str]] = {
-    "group": (router, "group_flush"),
+    "group": (Grouped, "of"),
     "steady": (router, "take_steady"),
     "closing": (router.StreamRouter, "_closing_bars"),
     "account": (router.StreamRouter, "_account_steady"),
+    "finish": (Grouped, "finish"),
     "rows": (router.StreamRouter, "_emit_many"),
     "to_arrow": (TableWriter, "_compact_buffer"),
     "hand_over": (router.StreamRouter, "_hand_over"),
@@ -94,7 +97,8 @@ def record(rate: float, ticks: int, symbols: int, config: Path | None) -> list[F
     workload = make_workload(ticks, symbols)
     current: Counter[str] = Counter()
     flushes: list[Flush] = []
-    originals = {name: getattr(owner, attr) for name, (owner, attr) in STAGES.items()}
+    # As defined (a classmethod as its descriptor), to be put back as they were.
+    originals = {name: vars(owner)[attr] for name, (owner, attr) in STAGES.items()}
     flush = router.StreamRouter._flush
 
     async def timed_flush(self: router.StreamRouter, pending: dict[str, Any]) -> None:
@@ -113,7 +117,7 @@ def record(rate: float, ticks: int, symbols: int, config: Path | None) -> list[F
         )
 
     for name, (owner, attr) in STAGES.items():
-        setattr(owner, attr, _timed(current, name, originals[name]))
+        setattr(owner, attr, _timed(current, name, getattr(owner, attr)))
     router.StreamRouter._flush = timed_flush  # type: ignore[method-assign]
     try:
         with tempfile.TemporaryDirectory() as scratch:

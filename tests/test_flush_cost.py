@@ -16,3 +16,6 @@ def test_times_each_flush_after_the_warm_up() -> None:
     per_symbol = cost.per_symbol_us()
     assert per_symbol == sorted(per_symbol)
     assert len(per_symbol) == len(cost.seconds)
+    # The steady step takes these small batches: its observation is inside each flush.
+    assert len(cost.observed) == len(cost.seconds)
+    assert all(0 < at <= whole for at, whole in zip(cost.observed, cost.seconds, strict=True))
