@@ -328,8 +328,6 @@ class TradeRuns:
     last_recv: npt.NDArray[np.int64]
     """Each run's last trade's receive time."""
     newest_ts: npt.NDArray[np.int64]
-    last_positions: npt.NDArray[np.intp]
-    """Where each run's last trade is in `records`."""
     records: list[AnyMessage]
     grouped: _TableRuns
 
@@ -451,7 +449,6 @@ class Grouped:
             trades.newest,
             trades.recv[groups.ends - 1],
             trades.newest_ts,
-            groups.order[groups.ends - 1],
             trades.records,
             trades,
         )

@@ -119,7 +119,9 @@ class SymbolState:
     last_recv_ns: int = 0
     failures: int = 0
     seen: dict[str, Stamp] = field(default_factory=dict)
-    """Per table, the newest event time taken, as it came: where a back-fill starts."""
+    """Per table, the newest event time taken: where a back-fill starts. Trades' in nanoseconds
+    as the pipeline parsed them (as they came if they did not parse), other tables' as they
+    came."""
 
 
 @dataclass(slots=True)
@@ -430,19 +432,18 @@ class StreamRouter:
         fed = np.array([k not in failed for k in taken.tolist()]) if failed else slice(None)
         lags = (now - runs.newest_ts[taken]) / 1e9
         self._metrics.latency.observe_many(lags[fed], self.stream, counts=counts[fed])
-        records, names, symbols = runs.records, runs.names, self.symbols
-        for k, n, newest, newest_ts, last in zip(
+        names, symbols = runs.names, self.symbols
+        for k, n, newest, newest_ts in zip(
             taken.tolist(),
             counts.tolist(),
             runs.newest_recv[taken].tolist(),
             runs.newest_ts[taken].tolist(),
-            runs.last_positions[taken].tolist(),
             strict=True,
         ):
             state = symbols[names[k]]
             state.messages += n
             state.last_recv_ns = newest
-            _note_newest(state.seen, TRADES, _T(records[last]))
+            _note_newest(state.seen, TRADES, newest_ts)
             if k not in failed:
                 state.last_event_ns = newest_ts
         return fed
@@ -679,6 +680,9 @@ class StreamRouter:
         seen = state.seen
         for table, rows in batch.tables.items():
             self._metrics.messages.inc(self.stream, table, amount=rows.count)
+            if table == TRADES and batch.ts is not None:
+                _note_newest(seen, table, batch.newest_ts)  # parsed already, for the pipeline
+                continue
             # A lower bound of the newest stamp, O(1) a batch: the batch's last (nanoseconds, or
             # canonical RFC 3339 UTC text, which sorts like time). A back-fill checks every row
             # from there on.

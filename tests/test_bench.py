@@ -231,7 +231,6 @@ class TestBuildBatches:
             assert batch.ts is not None
             assert runs.ts[part].tolist() == batch.ts.tolist()
             assert runs.price[part].tolist() == batch.price.tolist()
-            assert runs.records[runs.last_positions[k]] is batch.tables["trades"].last()
             assert int(runs.last_recv[k]) == batch.tables["trades"].last().recv_ns
             assert int(runs.newest_ts[k]) == batch.newest_ts
             assert runs.to_remember is not None
