@@ -259,10 +259,10 @@ async def run_daemon(
     streams = settings.ingest.streams
     root = settings.ingest.data_dir
 
-    def publish(stream: StreamName, bar: dict[str, Any]) -> None:
-        hub.publish(stream, bar)
+    def publish(stream: StreamName, bars: list[dict[str, Any]]) -> None:
+        hub.publish_many(stream, bars)
         if on_bar is not None:
-            on_bar(stream, bar)
+            on_bar(stream, bars)
 
     def ready() -> None:
         state.ready = True

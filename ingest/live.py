@@ -32,7 +32,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ingest.metrics import Metrics
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -151,16 +151,28 @@ class LiveHub:
             bar: `symbol`, `ts` (int ns), `bar_type`, `bar_size`, OHLCV, indicators and `trend`.
                 Copied shallowly for the snapshot; the caller may reuse its dict.
         """
-        symbol = str(bar.get("symbol"))
-        key = (stream, symbol, str(bar.get("bar_type")), str(bar.get("bar_size")))
-        copy = dict(bar)
-        self._latest[key] = (stream, copy)
-        self._metrics.live_bars.inc(stream)
+        self.publish_many(stream, [bar])
+
+    def publish_many(self, stream: str, bars: Sequence[Mapping[str, Any]]) -> None:
+        """`publish` each of `bars` in turn (a flush's: one count, no client loop if none)."""
+        latest = self._latest
+        for bar in bars:
+            symbol = str(bar.get("symbol"))
+            copy = dict(bar)
+            latest[(stream, symbol, str(bar.get("bar_type")), str(bar.get("bar_size")))] = (
+                stream,
+                copy,
+            )
+            if self._clients:
+                self._fan_out(stream, symbol, copy)
+        self._metrics.live_bars.inc(stream, amount=len(bars))
+
+    def _fan_out(self, stream: str, symbol: str, bar: dict[str, Any]) -> None:
         text: str | None = None
         for client in tuple(self._clients.values()):
             if client.wants(stream, symbol):
                 if text is None:  # encode once, and only if somebody listens
-                    text = encode_json({"type": "bar", "stream": stream, "bar": copy})
+                    text = encode_json({"type": "bar", "stream": stream, "bar": bar})
                 self._offer(client, text)
 
     def snapshot(

@@ -106,8 +106,8 @@ WILDCARD = "*"
 class BarListener(Protocol):
     """Told about every closed bar (the `/live` fan-out)."""
 
-    def __call__(self, stream: StreamName, bar: dict[str, Any]) -> None:
-        """Receive one closed bar row; must not block."""
+    def __call__(self, stream: StreamName, bars: list[dict[str, Any]]) -> None:
+        """Receive closed bar rows (one flush's, or one symbol call's); must not block."""
 
 
 @dataclass(slots=True)
@@ -141,19 +141,18 @@ class _Taken:
 
 
 def _note_newest(seen: dict[str, Stamp], table: str, stamp: Stamp) -> None:
-    """Keep `stamp` as the table's newest event time taken if it is later than the one kept."""
-    if _later(stamp, seen.get(table)):
+    """Keep `stamp` as the table's newest event time taken if it is later than the one kept.
+
+    Stamps of one kind compare as they are (a call a symbol a flush: no other call in here).
+    """
+    than = seen.get(table)
+    if than is None or (
+        stamp > than  # type: ignore[operator]
+        if type(stamp) is type(than)
+        # Text and nanoseconds: a MessagePack stream and its JSON back-fill. Rare; parse.
+        else (stamp_ns(stamp) or 0) > (stamp_ns(than) or 0)
+    ):
         seen[table] = stamp
-
-
-def _later(stamp: Stamp, than: Stamp | None) -> bool:
-    """Whether `stamp` is after `than`; stamps of one kind compare as they are."""
-    if than is None:
-        return True
-    if type(stamp) is type(than):
-        return stamp > than  # type: ignore[operator]
-    # Text and nanoseconds: a MessagePack stream and its JSON back-fill. Rare; parse.
-    return (stamp_ns(stamp) or 0) > (stamp_ns(than) or 0)
 
 
 class StreamRouter:
@@ -469,7 +468,7 @@ class StreamRouter:
             return
         assert runs.to_remember is not None
         names, memories, records = runs.names, self._memories, runs.to_remember
-        held = [cast("TradeMemory", memories[names[k]]) for k in taken.tolist()]
+        held = cast("list[TradeMemory]", [memories[names[k]] for k in taken.tolist()])
         if len(taken) <= REMEMBER_ONE_BY_ONE:
             for k, memory, first in zip(taken.tolist(), held, first_seq.tolist(), strict=True):
                 memory.remember(first, records[runs.starts[k] : runs.ends[k]])
@@ -815,13 +814,13 @@ class StreamRouter:
         for output, recv_ns in outputs:
             for bar in output.bars:
                 bar["recv_ts"] = recv_ns
-                if self._on_bar is not None:
-                    self._on_bar(self.stream, bar)
             bars += output.bars
             for row in output.anomalies:
                 row["recv_ts"] = recv_ns
             anomalies += output.anomalies
         if bars:
+            if self._on_bar is not None:
+                self._on_bar(self.stream, bars)
             await self._dataset.writer(self.stream, "bars").put(bars)
         if anomalies:
             await self._dataset.writer(self.stream, "anomalies").put(anomalies)

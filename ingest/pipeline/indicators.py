@@ -197,7 +197,8 @@ class IndicatorState:
     ) -> str | None:
         if self._trend_at is None:
             return None
-        sma, fast, slow = (values[i] for i in self._trend_at)
+        at_sma, at_fast, at_slow = self._trend_at
+        sma, fast, slow = values[at_sma], values[at_fast], values[at_slow]
         if sma is None or fast is None or slow is None or self._count <= self._rsi_n:
             return None  # some input is still warming up
         if rsi is not None and rsi >= 70.0:

@@ -52,9 +52,9 @@ class _Closes:
     book: SteadyBook
     pipelines: Sequence[SymbolPipeline]
     slots: npt.NDArray[np.intp]
-    by_builders: npt.NDArray[np.bool_]
-    """Per series and pipeline: the batch goes through the series' builder (its open bar did
-    not take it, `SteadyBook.absorbs`, and `close_in_arrays` did not do it)."""
+    by_builders: dict[int, list[int]]
+    """Per closing pipeline, the series its batch goes through the builder of (their open bar
+    did not take it, `SteadyBook.absorbs`, and `close_in_arrays` did not do it)."""
     counted: dict[int, list[tuple[int, Bar]]]
     """Per pipeline, the bars `close_in_arrays` closed."""
     starts: npt.NDArray[np.intp]
@@ -97,7 +97,7 @@ class Steady:
         assert self.first_seq is not None
         pipeline = c.pipelines[k]
         counted = c.counted.get(k, [])
-        series = np.flatnonzero(c.by_builders[:, k]).tolist()
+        series = c.by_builders[k]
         if not series:
             return pipeline.bar_rows(counted)
         start, m = int(c.starts[k]), int(c.slices.counts[k])
@@ -240,8 +240,12 @@ def take_steady(
     closing[list(counted.bars)] = True
     out.closing = np.flatnonzero(closing).tolist()
     if out.closing:
+        flags = by_builders[:, out.closing].T.tolist()  # one call, not one a pipeline
+        series_of = {
+            k: [i for i, on in enumerate(f) if on] for k, f in zip(out.closing, flags, strict=True)
+        }
         out._closes = _Closes(
-            book, pipelines, at, by_builders, counted.bars, starts, ts, price, size, cum_v,
+            book, pipelines, at, series_of, counted.bars, starts, ts, price, size, cum_v,
             cum_pv, slices, vwap,
         )  # fmt: skip
     return out

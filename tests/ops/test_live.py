@@ -290,3 +290,21 @@ class TestLiveAccess:
                 async with open_server() as server:
                     [reader] = await _Clients(session, server.url).connect(1, tg)
         assert reader.close_code == aiohttp.WSCloseCode.GOING_AWAY
+
+
+class TestPublishMany:
+    async def test_a_flush_of_bars_reaches_clients_in_order_and_is_counted(
+        self, session: aiohttp.ClientSession
+    ) -> None:
+        """The router hands a flush's bars over at once: each goes out, in order, and counts."""
+        async with open_server() as server:
+            server.hub.publish_many("stocks", [make_bar(0, "MSFT")])
+            async with session.ws_connect(server.url + "/live") as ws:
+                snapshot = await next_json(ws)
+                assert [b["bar"]["ts"] for b in snapshot["bars"]] == [make_bar(0)["ts"]]
+                bars = [make_bar(i, "AAPL" if i % 2 else "MSFT") for i in (1, 2, 3)]
+                server.hub.publish_many("stocks", bars)
+                got = [await next_json(ws) for _ in bars]
+            assert [m["bar"]["ts"] for m in got] == [b["ts"] for b in bars]
+            assert server.hub.snapshot(symbols=["MSFT"])[0]["bar"]["ts"] == make_bar(2)["ts"]
+            assert server.metrics.live_bars.values[("stocks",)] == 4
