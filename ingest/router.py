@@ -366,15 +366,11 @@ class StreamRouter:
         names, pipeline_of, inflight = runs.names, self._pipelines.get, self._inflight
         for k in np.flatnonzero(counts <= STEADY_MAX).tolist():
             symbol = names[k]
-            if symbol not in self._inboxes:
+            pipeline = pipeline_of(symbol)  # made with its task (`_spawn`), never removed
+            if pipeline is None:
                 self._spawn(symbol)  # its first batch: taken here too, if it can be
-            pipeline = pipeline_of(symbol)
-            if (
-                pipeline is not None
-                and type(pipeline) is SymbolPipeline
-                and not inflight[symbol]
-                and symbol not in besides
-            ):
+                pipeline = self._pipelines[symbol]
+            if type(pipeline) is SymbolPipeline and not inflight[symbol] and symbol not in besides:
                 offered.append(k)
                 pipelines.append(pipeline)
         if not offered:
