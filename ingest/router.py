@@ -403,12 +403,12 @@ class StreamRouter:
             fed=runs_taken[fed],
             first_seq=steady.first_seq[taken][fed],
         )
-        for i in taken.tolist():
+        # Only the few with rows (all taken: the step checks and closes nothing else), in order.
+        with_rows = set(steady.anomalies).union(i for i in steady.closing if offered[i] in bars)
+        for i in sorted(with_rows):
             k = offered[i]
-            anomalies = steady.anomalies.get(i)
-            if k in bars or anomalies:
-                output = PipelineOutput(bars=bars.get(k, []), anomalies=anomalies or [])
-                out.outputs.append((output, int(runs.last_recv[k])))
+            output = PipelineOutput(bars=bars.get(k, []), anomalies=steady.anomalies.get(i, []))
+            out.outputs.append((output, int(runs.last_recv[k])))
         return out
 
     def _account_steady(
