@@ -328,7 +328,6 @@ class TradeRuns:
     last_recv: npt.NDArray[np.int64]
     """Each run's last trade's receive time."""
     newest_ts: npt.NDArray[np.int64]
-    records: list[AnyMessage]
     grouped: _TableRuns
 
     @property
@@ -344,10 +343,12 @@ class TradeRuns:
         """
         return self.grouped.remembered
 
-    def positions(self, runs: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
-        """Where the trades of these runs are in `records`, run after run."""
-        groups = self.grouped.groups
-        return np.concatenate([groups.order[self.starts[k] : self.ends[k]] for k in runs.tolist()])
+    def records_of(self, runs: npt.NDArray[np.intp]) -> list[AnyMessage]:
+        """The trade records of these runs, run after run (each in arrival order)."""
+        records, order = self.grouped.records, self.grouped.groups.order
+        return [
+            records[i] for k in runs.tolist() for i in order[self.starts[k] : self.ends[k]].tolist()
+        ]
 
 
 @dataclass(slots=True)
@@ -449,7 +450,6 @@ class Grouped:
             trades.newest,
             trades.recv[groups.ends - 1],
             trades.newest_ts,
-            trades.records,
             trades,
         )
 

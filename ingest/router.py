@@ -338,9 +338,8 @@ class StreamRouter:
             await self._dataset.writer(self.stream, table).put_table(rows, oldest_ns)
         if steady.runs is not None and TRADES not in grouped.tables:
             # Taken, then the bulk table did not convert: record by record, as their tasks would.
-            records = steady.runs.records
             assert steady.taken is not None
-            taken = [records[i] for i in steady.runs.positions(steady.taken).tolist()]
+            taken = steady.runs.records_of(steady.taken)
             await self._dataset.writer(self.stream, TRADES).put(taken)
         await self._emit_many(steady.outputs)
         self._steady_since = None
@@ -446,7 +445,7 @@ class StreamRouter:
     def _remember_steady(self, steady: _Taken) -> None:
         """Remember the trades the steady step fed (`_keep`), once their flush is finished."""
         runs = steady.runs
-        if self._trade_store is None or runs is None or runs.to_remember is None:
+        if self._trade_store is None or runs is None:
             return
         assert steady.fed is not None
         assert steady.first_seq is not None
