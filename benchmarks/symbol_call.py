@@ -28,7 +28,6 @@ from benchmarks.stocks_router import stocks_router
 from ingest.batch import Arrivals, build_batches
 from ingest.bench.workload import make_workload
 from ingest.logconfig import configure_logging
-from ingest.router import SymbolState
 from streams.messages import AnyMessage, FrameDecoder
 
 
@@ -47,7 +46,7 @@ async def _timed_pass(root: Path, symbols: list[str], flushes: list[list[AnyMess
         pipelines = {s: router._factory(s, pipeline_settings) for s in symbols}
         memories = {s: router._memory() for s in symbols}
         for symbol in symbols:
-            router.symbols[symbol] = SymbolState()
+            router.symbols.add(symbol)
         calls = trades = 0
         elapsed = 0.0
         for messages in flushes:

@@ -35,9 +35,10 @@ from ingest.pipeline import PipelineOutput, SymbolPipeline
 from ingest.pipeline.book import SteadyBook
 from ingest.pipeline.steady import Steady, take_steady
 from ingest.screen import parseable_timestamps, screen_frame
+from ingest.symbol_states import SymbolStates
 from ingest.trade_memory import TradeMemory, TradeStore, trade_keys, trade_records
 from storage.parquet import SEAL_GRACE_SECONDS, Dataset
-from storage.schemas import MarketConverter, parse_timestamps, stamp_ns, table_for, table_spec
+from storage.schemas import MarketConverter, parse_timestamps, table_for, table_spec
 from streams.messages import (
     AnyMessage,
     CancelError,
@@ -45,7 +46,6 @@ from streams.messages import (
     CryptoTrade,
     NewsArticle,
     OptionTrade,
-    Stamp,
     StockTrade,
 )
 
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from storage.quarantine import Quarantine
     from streams.base import Frame
 
-__all__ = ["BarListener", "PipelineFactory", "StreamRouter", "SymbolState"]
+__all__ = ["BarListener", "PipelineFactory", "StreamRouter"]
 
 log = structlog.get_logger("router")
 
@@ -111,20 +111,6 @@ class BarListener(Protocol):
 
 
 @dataclass(slots=True)
-class SymbolState:
-    """What `/status` reports per symbol."""
-
-    messages: int = 0
-    last_event_ns: int = 0
-    last_recv_ns: int = 0
-    failures: int = 0
-    seen: dict[str, Stamp] = field(default_factory=dict)
-    """Per table, the newest event time taken: where a back-fill starts. Trades' in nanoseconds
-    as the pipeline parsed them (as they came if they did not parse), other tables' as they
-    came."""
-
-
-@dataclass(slots=True)
 class _Taken:
     """What the flush's steady step took: the symbols, the rows to write, the oldest receipt."""
 
@@ -138,21 +124,6 @@ class _Taken:
     with `first_seq`, each fed run's first trade's sequence number: for `_remember_steady`."""
     fed: npt.NDArray[np.intp] | None = None
     first_seq: npt.NDArray[np.int64] | None = None
-
-
-def _note_newest(seen: dict[str, Stamp], table: str, stamp: Stamp) -> None:
-    """Keep `stamp` as the table's newest event time taken if it is later than the one kept.
-
-    Stamps of one kind compare as they are (a call a symbol a flush: no other call in here).
-    """
-    than = seen.get(table)
-    if than is None or (
-        stamp > than  # type: ignore[operator]
-        if type(stamp) is type(than)
-        # Text and nanoseconds: a MessagePack stream and its JSON back-fill. Rare; parse.
-        else (stamp_ns(stamp) or 0) > (stamp_ns(than) or 0)
-    ):
-        seen[table] = stamp
 
 
 class StreamRouter:
@@ -170,7 +141,7 @@ class StreamRouter:
         on_bar: BarListener | None = None,
     ) -> None:
         self.stream = stream
-        self.symbols: dict[str, SymbolState] = {}
+        self.symbols = SymbolStates()
         self._settings = settings
         self._dataset = dataset
         self._quarantine = quarantine
@@ -262,7 +233,7 @@ class StreamRouter:
         assert self._group is not None, "StreamRouter.run must be started first"
         inbox = self._inboxes[symbol] = Inbox[SymbolBatch](self._settings.storage.queue_size)
         self._inflight[symbol] = deque()
-        self.symbols.setdefault(symbol, SymbolState())
+        self.symbols.add(symbol)
         pipeline = self._factory(symbol, self._settings.pipeline)
         history = self.warmup.pop(symbol, None)
         if history:
@@ -426,20 +397,11 @@ class StreamRouter:
         fed = np.array([k not in failed for k in taken.tolist()]) if failed else slice(None)
         lags = (now - runs.newest_ts[taken]) / 1e9
         self._metrics.latency.observe_many(lags[fed], self.stream, counts=counts[fed])
-        names, symbols = runs.names, self.symbols
-        for k, n, newest, newest_ts in zip(
-            taken.tolist(),
-            counts.tolist(),
-            runs.newest_recv[taken].tolist(),
-            runs.newest_ts[taken].tolist(),
-            strict=True,
-        ):
-            state = symbols[names[k]]
-            state.messages += n
-            state.last_recv_ns = newest
-            _note_newest(state.seen, TRADES, newest_ts)
-            if k not in failed:
-                state.last_event_ns = newest_ts
+        names = runs.names
+        codes = self.symbols.codes([names[k] for k in taken.tolist()])
+        self.symbols.account_trades(
+            codes, counts, runs.newest_recv[taken], runs.newest_ts[taken], fed
+        )
         return fed
 
     def _remember_steady(self, steady: _Taken) -> None:
@@ -671,16 +633,15 @@ class StreamRouter:
     def _account(self, symbol: str, batch: SymbolBatch) -> int:
         """Count a batch's records and note what it tells `/status`; its oldest receipt."""
         state = self.symbols[symbol]
-        seen = state.seen
         for table, rows in batch.tables.items():
             self._metrics.messages.inc(self.stream, table, amount=rows.count)
             if table == TRADES and batch.ts is not None:
-                _note_newest(seen, table, batch.newest_ts)  # parsed already, for the pipeline
+                state.note_seen(table, batch.newest_ts)  # parsed already, for the pipeline
                 continue
             # A lower bound of the newest stamp, O(1) a batch: the batch's last (nanoseconds, or
             # canonical RFC 3339 UTC text, which sorts like time). A back-fill checks every row
             # from there on.
-            _note_newest(seen, table, _STAMP.get(table, _T)(rows.last()))
+            state.note_seen(table, _STAMP.get(table, _T)(rows.last()))
         count, oldest, newest = batch.span()
         state.messages += count
         state.last_recv_ns = newest

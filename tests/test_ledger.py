@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ingest.config import settings_from_mapping
 from ingest.ledger import DaemonLedger
-from ingest.router import SymbolState
+from ingest.symbol_states import SymbolStates
 
 if TYPE_CHECKING:
     from ingest.router import StreamRouter
@@ -18,7 +18,11 @@ NS_2024_07_03 = 1_720_000_000 * 10**9  # 2024-07-03T09:46:40Z
 
 def ledger_with(seen: dict[str, dict[str, Any]]) -> DaemonLedger:
     """A ledger over one options router whose symbols took these stamps (it reads `.symbols`)."""
-    symbols = {name: SymbolState(seen=stamps) for name, stamps in seen.items()}
+    symbols = SymbolStates()
+    for name, stamps in seen.items():
+        state = symbols.add(name)
+        for table, stamp in stamps.items():
+            state.note_seen(table, stamp)
     router = cast("StreamRouter", SimpleNamespace(symbols=symbols))
     dataset = cast("Dataset", None)
     return DaemonLedger(settings_from_mapping({}), {"options": router}, {}, dataset, ())
