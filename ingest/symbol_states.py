@@ -138,6 +138,19 @@ class SymbolStates(Mapping[str, "SymbolState"]):
         return len(self._names)
 
 
+class _Counter:
+    """A `SymbolState` attribute kept in its `SymbolStates`' array of the same name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, state: SymbolState, owner: type | None = None) -> int:
+        return int(getattr(state._states, self._name)[state._code])
+
+    def __set__(self, state: SymbolState, value: int) -> None:
+        getattr(state._states, self._name)[state._code] = value
+
+
 class SymbolState:
     """One symbol's row of a `SymbolStates`: what `/status` reports, read and written in place."""
 
@@ -147,41 +160,14 @@ class SymbolState:
         self._states = states
         self._code = code
 
-    @property
-    def messages(self) -> int:
-        """Records counted, every table."""
-        return int(self._states.messages[self._code])
-
-    @messages.setter
-    def messages(self, value: int) -> None:
-        self._states.messages[self._code] = value
-
-    @property
-    def last_event_ns(self) -> int:
-        """The newest event time of the trades its pipeline last took (0: none yet)."""
-        return int(self._states.last_event_ns[self._code])
-
-    @last_event_ns.setter
-    def last_event_ns(self, value: int) -> None:
-        self._states.last_event_ns[self._code] = value
-
-    @property
-    def last_recv_ns(self) -> int:
-        """When its latest record counted was received (0: none yet)."""
-        return int(self._states.last_recv_ns[self._code])
-
-    @last_recv_ns.setter
-    def last_recv_ns(self, value: int) -> None:
-        self._states.last_recv_ns[self._code] = value
-
-    @property
-    def failures(self) -> int:
-        """Times its pipeline failed and was rebuilt."""
-        return int(self._states.failures[self._code])
-
-    @failures.setter
-    def failures(self, value: int) -> None:
-        self._states.failures[self._code] = value
+    messages = _Counter()
+    """Records counted, every table."""
+    last_event_ns = _Counter()
+    """The newest event time of the trades its pipeline last took (0: none yet)."""
+    last_recv_ns = _Counter()
+    """When its latest record counted was received (0: none yet)."""
+    failures = _Counter()
+    """Times its pipeline failed and was rebuilt."""
 
     @property
     def seen(self) -> dict[str, Stamp]:
