@@ -104,9 +104,10 @@ class DaemonLedger:
         router = self._routers.get(stream)
         states = router.symbols.items() if router is not None else ()
         stamps = [
-            state.seen[table]
+            stamp
             for name, state in states
-            if table in state.seen and (symbol is None or table == "articles" or name == symbol)
+            if (symbol is None or table == "articles" or name == symbol)
+            and (stamp := state.seen.get(table)) is not None
         ]
         # Nanoseconds as they are; text sorts like time, so only the newest text is parsed.
         nanos = [s for s in stamps if isinstance(s, int)]
