@@ -76,8 +76,8 @@ def decode_msgspec(frames: list[bytes], recv_ns: list[int]) -> Columns:
             pending["trades"].add(message, message.S)  # type: ignore[union-attr]
     converter = table_spec("stocks", "trades", ()).to_table
     assert isinstance(converter, MarketConverter)
-    flush = build_batches(pending, {"trades": converter}, keyed=True)
-    table = flush.tables["trades"][0]
+    flush = build_batches(pending, {"trades"}, keyed=True)
+    table = flush.bulk["trades"].to_table(converter)
     order = np.concatenate([b.tables["trades"].parts[0][1] for b in flush.batches.values()])
     slices, start = [], 0
     for symbol, batch in flush.batches.items():

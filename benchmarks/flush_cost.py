@@ -118,7 +118,8 @@ def main() -> None:
     n = len(per_symbol)
     print(
         f"{n:,} flushes of {cost.trades:,} trades, {statistics.mean(cost.touched):.0f} symbols "
-        f"touched: median {statistics.median(cost.seconds) * 1e3:.2f} ms a flush, "
+        f"touched: median {statistics.median(cost.seconds) * 1e3:.2f} ms a flush "
+        f"(mean {statistics.mean(cost.seconds) * 1e3:.2f}), "
         f"{per_symbol[n // 10]:.1f} us a symbol at p10, {per_symbol[n // 2]:.1f} at p50"
     )
     if cost.observed:

@@ -54,7 +54,7 @@ async def _timed_pass(root: Path, symbols: list[str], flushes: list[list[AnyMess
             pending.records += messages
             pending.symbols += [m.S for m in messages]  # type: ignore[union-attr]
             tables = {"trades": pending}
-            flush = build_batches(tables, router._bulk_converters(tables), keyed=True)
+            flush = build_batches(tables, router._bulk_tables(tables), keyed=True)
             started = time.perf_counter()
             for symbol, batch in flush.batches.items():
                 await router._process(symbol, pipelines[symbol], batch, memories[symbol])

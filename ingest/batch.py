@@ -16,16 +16,17 @@ symbol's batch holds positions into the flush's lists (`Rows`), not the records:
 takes its columns, and records only where it needs them (a table the router did not write, a
 correction applied in arrival order).
 
-It also converts whole market tables of the flush (trades, quotes...) to Arrow in one go, for
-the table writers: the symbol column comes from the grouping's codes, the receive times and the
-trades' times, prices and sizes from the arrays above, so no field is gathered a second time. A
-table whose records do not convert (an unparseable time) is left to the symbol tasks, which
-write it record by record and let the writer refuse the bad ones.
+It also hands whole market tables of the flush (trades, quotes...) to the table writers in bulk
+(`storage.bulk`): the symbol column comes from the grouping's codes, the receive times and the
+trades' times, prices and sizes from the arrays above, so no field is gathered a second time; the
+writer converts them to Arrow a thousand rows at a time. Trades whose times do not all parse are
+left to the symbol tasks, which write them record by record and let the writer refuse the bad
+ones.
 
 Grouping is two steps, so that nothing a pipeline does not read delays the pipelines: `Grouped.of`
 gathers what they read (symbols, times, prices, sizes, receive times), and `Grouped.finish`, run
-after the router's steady step, the rest: the trades' ids and exchanges for the trade memories,
-and the bulk tables (~1 us a trade together, a third of a paced flush's grouping).
+after the router's steady step, the rest: the trades' ids and exchanges for the trade memories
+and the bulk `trade_id` column.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from ingest.trade_memory import TRADE_RECORD, trade_keys, trade_records
-from storage.refusals import CONVERSION_ERRORS
+from storage.bulk import BulkRows
 from storage.schemas import parse_timestamps
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from ingest.trade_memory import TradeKeys
-    from storage.schemas import MarketConverter
     from streams.messages import AnyMessage, StockTrade
 
 __all__ = [
@@ -281,11 +281,11 @@ class _TradeColumns:
 
 @dataclass(slots=True)
 class Flush:
-    """A flush's batches per symbol, and the tables converted in bulk for the writers."""
+    """A flush's batches per symbol, and the tables gathered in bulk for the writers."""
 
     batches: dict[str, SymbolBatch]
-    tables: dict[str, tuple[pa.Table, int]]
-    """Table name: (its rows of the whole flush, the oldest receive time among them)."""
+    bulk: dict[str, BulkRows]
+    """Table name: its rows of the whole flush, for its writer (`TableWriter.put_bulk`)."""
 
 
 @dataclass(slots=True)
@@ -343,17 +343,10 @@ class TradeRuns:
         """
         return self.grouped.remembered
 
-    def records_of(self, runs: npt.NDArray[np.intp]) -> list[AnyMessage]:
-        """The trade records of these runs, run after run (each in arrival order)."""
-        records, order = self.grouped.records, self.grouped.groups.order
-        return [
-            records[i] for k in runs.tolist() for i in order[self.starts[k] : self.ends[k]].tolist()
-        ]
-
 
 @dataclass(slots=True)
 class Grouped:
-    """A flush's records grouped by symbol, per table, and its tables converted in bulk.
+    """A flush's records grouped by symbol, per table, and its tables gathered in bulk.
 
     Symbols' batches are built only when asked for (`batches`), after `finish`: a symbol whose
     trades the router's steady step takes needs none.
@@ -361,8 +354,8 @@ class Grouped:
 
     runs: dict[str, _TableRuns]
     keyed: bool
-    tables: dict[str, tuple[pa.Table, int]] = field(default_factory=dict)
-    """Table name: (its rows of the whole flush, the oldest receive time among them)."""
+    bulk: dict[str, BulkRows] = field(default_factory=dict)
+    """Table name: its rows of the whole flush, for its writer (`TableWriter.put_bulk`)."""
     finished: bool = False
 
     @classmethod
@@ -397,11 +390,11 @@ class Grouped:
             )
         return cls(runs, keyed)
 
-    def finish(self, converters: Mapping[str, MarketConverter]) -> None:
+    def finish(self, bulk: Collection[str]) -> None:
         """Gather what no pipeline waits for; once a flush, before `batches`.
 
-        The trades' keys and memory records when `keyed`, and the tables with a converter in
-        `converters`, in bulk for the writers (trades only when their times all parsed).
+        The trades' keys and memory records when `keyed`, and the tables named in `bulk` for
+        their writers (trades only when their times all parsed).
         """
         assert not self.finished, "a flush is finished once"
         self.finished = True
@@ -417,19 +410,14 @@ class Grouped:
                 order = runs.groups.order
                 keys = (ids[order], exchanges[order])
                 runs.remembered = trade_records(keys, columns.ts, columns.price, columns.size)
-            converter = converters.get(table)
-            if converter is None or (arrived is not None and not parsed):
+            if table not in bulk or (arrived is not None and not parsed):
                 continue
             known = {
                 "symbol": runs.groups.symbols,
                 "recv_ts": runs.arrived_recv,
                 **(arrived.known() if arrived is not None else {}),
             }
-            try:
-                rows = converter.with_columns(runs.records, known)
-            except CONVERSION_ERRORS:
-                continue  # the symbol tasks write these records; the writer refuses the bad ones
-            self.tables[table] = (rows, int(runs.oldest.min()))
+            self.bulk[table] = BulkRows(runs.records, known, int(runs.oldest.min()))
 
     def trade_runs(self) -> TradeRuns | None:
         """The trades by symbol, if they parsed; None without trades or if some did not."""
@@ -464,7 +452,7 @@ class Grouped:
         keyed = self.keyed
         for table, runs in self.runs.items():
             records, groups, columns = runs.records, runs.groups, runs.columns
-            written = table in self.tables
+            written = table in self.bulk
             starts, ends = groups.starts.tolist(), groups.ends.tolist()
             oldest, newest = runs.oldest.tolist(), runs.newest.tolist()
             newest_ts = None if runs.newest_ts is None else runs.newest_ts.tolist()
@@ -492,29 +480,23 @@ class Grouped:
 
 
 def group_flush(
-    pending: Mapping[str, Arrivals],
-    converters: Mapping[str, MarketConverter] | None = None,
-    *,
-    keyed: bool = False,
+    pending: Mapping[str, Arrivals], bulk: Collection[str] = (), *, keyed: bool = False
 ) -> Grouped:
     """A flush (`pending`: table to arrivals) grouped by symbol and finished: both steps at once.
 
-    Tables with a converter in `converters` are also converted to Arrow for the writers, except
-    trades whose times did not all parse. `keyed` (stock trades remembered for corrections): the
-    trades' ids and exchange codes are gathered too, for the symbols' trade memories and the
-    bulk `trade_id` column.
+    Tables named in `bulk` are also gathered in bulk for the writers, except trades whose times
+    did not all parse. `keyed` (stock trades remembered for corrections): the trades' ids and
+    exchange codes are gathered too, for the symbols' trade memories and the bulk `trade_id`
+    column.
     """
     grouped = Grouped.of(pending, keyed=keyed)
-    grouped.finish(converters or {})
+    grouped.finish(bulk)
     return grouped
 
 
 def build_batches(
-    pending: Mapping[str, Arrivals],
-    converters: Mapping[str, MarketConverter] | None = None,
-    *,
-    keyed: bool = False,
+    pending: Mapping[str, Arrivals], bulk: Collection[str] = (), *, keyed: bool = False
 ) -> Flush:
-    """Every symbol's batch of a flush, and its tables converted in bulk (`group_flush`)."""
-    grouped = group_flush(pending, converters, keyed=keyed)
-    return Flush(grouped.batches(), grouped.tables)
+    """Every symbol's batch of a flush, and its tables gathered in bulk (`group_flush`)."""
+    grouped = group_flush(pending, bulk, keyed=keyed)
+    return Flush(grouped.batches(), grouped.bulk)

@@ -119,10 +119,9 @@ class _Taken:
     """Each taken symbol's rows, if any, and its last trade's receipt (their `recv_ts`)."""
     oldest_recv_ns: int | None = None
     runs: TradeRuns | None = None
-    taken: npt.NDArray[np.intp] | None = None
-    """The runs taken (ascending), and `fed`, those of them fed to their pipeline (not failed),
-    with `first_seq`, each fed run's first trade's sequence number: for `_remember_steady`."""
     fed: npt.NDArray[np.intp] | None = None
+    """The runs taken (ascending) and fed to their pipeline (not failed), with `first_seq`,
+    each fed run's first trade's sequence number: for `_remember_steady`."""
     first_seq: npt.NDArray[np.int64] | None = None
 
 
@@ -178,8 +177,8 @@ class StreamRouter:
         self._room = anyio.Event()
         """Set by each flush: wakes a `deliver` waiting for the pending batches to shrink."""
         self._tables: dict[type, str | None] = {}
-        self._converters: dict[str, MarketConverter | None] = {}
-        """Per table, its converter if it is a market table (None: never converted in bulk)."""
+        self._market: dict[str, bool] = {}
+        """Per table, whether it is a market table (`MarketConverter`): only those go in bulk."""
         self.warmup: Warmup = {}
         """Closes each symbol's series start from (`ingest.warmup`); set before `run`."""
 
@@ -283,10 +282,10 @@ class StreamRouter:
         Nothing of the flush outlives it here but the batches in the symbol tasks' inboxes. The
         steady step runs before anything its pipelines do not need (`Grouped.finish`).
         """
-        converters = self._bulk_converters(pending)
+        bulk = self._bulk_tables(pending)
         grouped = Grouped.of(pending, keyed=self._remembers_trades)
-        steady = self._take_steady(grouped, bulk=TRADES in converters)
-        grouped.finish(converters)
+        steady = self._take_steady(grouped, bulk=TRADES in bulk)
+        grouped.finish(bulk)
         self._remember_steady(steady)
         batches = grouped.batches(skip=steady.symbols)
         for handed in self._handed:
@@ -305,13 +304,8 @@ class StreamRouter:
         self._pending_since = None
         self._room.set()
         self._room = anyio.Event()
-        for table, (rows, oldest_ns) in grouped.tables.items():
-            await self._dataset.writer(self.stream, table).put_table(rows, oldest_ns)
-        if steady.runs is not None and TRADES not in grouped.tables:
-            # Taken, then the bulk table did not convert: record by record, as their tasks would.
-            assert steady.taken is not None
-            taken = steady.runs.records_of(steady.taken)
-            await self._dataset.writer(self.stream, TRADES).put(taken)
+        for table, rows in grouped.bulk.items():
+            await self._dataset.writer(self.stream, table).put_bulk(rows)
         await self._emit_many(steady.outputs)
         self._steady_since = None
         for symbol, batch in batches.items():
@@ -369,7 +363,6 @@ class StreamRouter:
             {runs.names[k] for k in runs_taken.tolist()},
             oldest_recv_ns=int(runs.oldest_recv[runs_taken].min()),
             runs=runs,
-            taken=runs_taken,
             fed=runs_taken[fed],
             first_seq=steady.first_seq[taken][fed],
         )
@@ -459,26 +452,23 @@ class StreamRouter:
                 bars[k] = rows
         return bars, failed
 
-    def _bulk_converters(self, pending: dict[str, Arrivals]) -> dict[str, MarketConverter]:
-        """The tables of this flush the router converts and writes in bulk.
+    def _bulk_tables(self, pending: dict[str, Arrivals]) -> set[str]:
+        """The tables of this flush the router writes in bulk (`TableWriter.put_bulk`).
 
         Market tables whose writer takes tables (no recovery filter), under the `block` policy
         only (a dropped batch must not have been stored), corrections and cancels never (their
         `applied` is set by the symbol task before they are written).
         """
         if self._settings.storage.backpressure != "block":
-            return {}
-        converters: dict[str, MarketConverter] = {}
+            return set()
+        bulk: set[str] = set()
         for table in pending.keys() - _NOT_BULK:
-            if table not in self._converters:
+            if table not in self._market:
                 to_table = table_spec(self.stream, table, ()).to_table
-                self._converters[table] = (
-                    to_table if isinstance(to_table, MarketConverter) else None
-                )
-            converter = self._converters[table]
-            if converter is not None and self._dataset.writer(self.stream, table).takes_tables:
-                converters[table] = converter
-        return converters
+                self._market[table] = isinstance(to_table, MarketConverter)
+            if self._market[table] and self._dataset.writer(self.stream, table).takes_tables:
+                bulk.add(table)
+        return bulk
 
     async def _hand_over(self, symbol: str, batch: SymbolBatch) -> None:
         inbox = self._inboxes[symbol]

@@ -33,8 +33,9 @@ import structlog
 from ingest.errors import StorageError
 from ingest.metrics import Metrics
 from storage.atomic import fsync_dir, table_lock
-from storage.refusals import Refused, convert_or_refuse
-from storage.schemas import SYMBOL, TableSpec, table_spec
+from storage.bulk import BULK_ROWS, BulkRows
+from storage.refusals import CONVERSION_ERRORS, Refused, convert_or_refuse
+from storage.schemas import SYMBOL, MarketConverter, TableSpec, table_spec
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable
@@ -322,8 +323,11 @@ class TableWriter:
         self._on_sealed = on_sealed
         self._buffer: list[Any] = []
         self._tables: list[pa.Table] = []
-        """Rows the router converted in bulk (`put_table`), waiting with `_buffer`."""
+        """Rows put as tables (`put_table`, `put_bulk` once converted), waiting with `_buffer`."""
         self._table_rows = 0
+        self._bulk: list[BulkRows] = []
+        """Rows the router gathered in bulk (`put_bulk`), until `BULK_ROWS` are converted."""
+        self._bulk_rows = 0
         self._refused: Refused = []
         """Records a compaction of the buffer could not convert, for the next seal to report."""
         self._sealing: list[Any] = []
@@ -347,7 +351,8 @@ class TableWriter:
         return [*self._sealing, *self._buffer]
 
     def buffered_tables(self) -> list[pa.Table]:
-        """Like `buffered_records`, for the rows put as tables."""
+        """Like `buffered_records`, for the rows put as tables or in bulk (converted now)."""
+        self._convert_bulk()
         return [*self._sealing_tables, *self._tables]
 
     def retry_parts(self) -> list[pa.Table]:
@@ -357,7 +362,7 @@ class TableWriter:
     @property
     def buffered_rows(self) -> int:
         """Rows put but not yet handed to a seal (bounded by the high-water mark)."""
-        return len(self._buffer) + self._table_rows
+        return len(self._buffer) + self._table_rows + self._bulk_rows
 
     @property
     def oldest_unsealed_ns(self) -> int | None:
@@ -402,9 +407,43 @@ class TableWriter:
             self._table_rows += part.num_rows
             self._filled()
 
+    async def put_bulk(self, rows: BulkRows) -> None:
+        """Buffer a flush's rows as gathered in bulk; waits like `put`.
+
+        Converted `BULK_ROWS` at a time (`storage.bulk`), or at the next seal. For writers of a
+        market table (`MarketConverter`) that take tables (`takes_tables`) only.
+        """
+        if not rows:
+            return
+        await self._room()
+        self._took(rows.oldest_ns)
+        self._bulk.append(rows)
+        self._bulk_rows += len(rows)
+        if self._bulk_rows >= BULK_ROWS:
+            self._convert_bulk()
+        self._filled()
+
+    def _convert_bulk(self) -> None:
+        """Convert the rows put in bulk; should some record not convert, all go record by record.
+
+        Record by record (`_compact_buffer`), the bad ones are refused and the rest kept.
+        """
+        if not self._bulk:
+            return
+        rows = BulkRows.joined(self._bulk)
+        self._bulk, self._bulk_rows = [], 0
+        try:
+            table = rows.to_table(cast("MarketConverter", self.spec.to_table))
+        except CONVERSION_ERRORS:
+            self._buffer.extend(rows.records)
+            self._compact_buffer()
+            return
+        self._tables.append(table)
+        self._table_rows += table.num_rows
+
     @property
     def takes_tables(self) -> bool:
-        """Whether `put_table` may be used: no admission filter (such as recovery's) is set."""
+        """Whether `put_table` and `put_bulk` may be used: no admission filter (recovery's) set."""
         return self.admit is None
 
     async def _room(self) -> None:
@@ -465,6 +504,7 @@ class TableWriter:
                 done = self._account(await anyio.to_thread.run_sync(self._write_parts, self._retry))
                 if not done:
                     return False
+            self._convert_bulk()
             if not self._buffer and not self._tables and not self._refused:
                 return True
             refused, self._refused = self._refused, []

@@ -266,7 +266,7 @@ class TestBuildBatches:
         pending = _arrived(*trades)
         spec = table_spec("stocks", "trades", ())
         converter = cast("MarketConverter", spec.to_table)
-        flush = build_batches(pending, {"trades": converter}, keyed=True)
+        flush = build_batches(pending, {"trades"}, keyed=True)
         kept = {
             s: b.to_remember.view(TRADE_RECORD)
             for s, b in flush.batches.items()
@@ -281,7 +281,7 @@ class TestBuildBatches:
         assert kept["A"]["ts"].tolist() == a.ts.tolist()
         assert kept["A"]["alive"].all()
         assert a.newest_ts == 1719844200000000000
-        table, _ = flush.tables["trades"]
+        table = flush.bulk["trades"].to_table(converter)
         # In arrival order, each row beside its own symbol: the writer sorts when it seals.
         assert table.select(["symbol", "trade_id", "exchange"]).to_pylist() == [
             {"symbol": "A", "trade_id": 5, "exchange": "V"},

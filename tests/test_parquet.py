@@ -14,8 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import storage.parquet
+from ingest.batch import Arrivals, group_flush
 from ingest.config import StorageSettings
 from ingest.errors import StorageError
+from storage.bulk import BULK_ROWS, BulkRows
 from storage.parquet import COMPACT_ROWS, open_dataset
 from storage.schemas import table_spec
 from streams.messages import StockTrade
@@ -329,3 +331,72 @@ class TestCompactBuffer:
         assert refused == [[10]]
         (path,) = files(tmp_path)
         assert pq.read_table(path).num_rows == COMPACT_ROWS - 1
+
+
+def bulk_of(records: list[StockTrade]) -> BulkRows:
+    """A flush's trades as the router hands them to the writer (`Grouped.finish`)."""
+    pending = Arrivals()
+    for record in records:
+        pending.add(record, record.S)
+    return group_flush({"trades": pending}, {"trades"}, keyed=True).bulk["trades"]
+
+
+class TestBulk:
+    def test_flushes_put_in_bulk_are_converted_a_thousand_rows_at_a_time(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Parts are joined until `BULK_ROWS`, then converted at once; the rest at the seal.
+
+        Each part has its own symbols' dictionary; the file has every row, sorted.
+        """
+        converted: list[int] = []
+        real = BulkRows.to_table
+
+        def counted(rows: BulkRows, converter: Any) -> pa.Table:
+            converted.append(len(rows))
+            return real(rows, converter)
+
+        monkeypatch.setattr(BulkRows, "to_table", counted)
+        half = BULK_ROWS // 2
+        parts = [
+            [trade(s, f"2024-07-01T10:00:{i % 60:02d}Z", n * half + i) for i in range(half)]
+            for n, s in enumerate(("B", "A", "C"))
+        ]
+        seen: list[int] = []
+
+        async def main() -> None:
+            async with scratch_dataset(tmp_path) as dataset:
+                writer = dataset.writer("stocks", "trades")
+                for part in parts:
+                    await writer.put_bulk(bulk_of(part))
+                seen.extend(converted)
+                seen.append(writer.buffered_rows)
+                seen.append(sum(t.num_rows for t in writer.buffered_tables()))
+
+        anyio.run(main)
+        assert seen == [BULK_ROWS, 3 * half, 3 * half]  # the third part converted when read
+        assert converted == [BULK_ROWS, half]
+        (path,) = files(tmp_path)
+        table = pq.read_table(path)
+        assert table["symbol"].to_pylist() == ["A"] * half + ["B"] * half + ["C"] * half
+        assert sorted(table["trade_id"].to_numpy().tolist()) == list(range(3 * half))
+
+    def test_a_bulk_record_that_does_not_convert_is_refused_alone(self, tmp_path: Path) -> None:
+        """Should the joined rows not convert, they go record by record: the bad one refused."""
+        refused: list[list[int]] = []
+
+        async def on_refused(stream: str, table: str, records: list[tuple[object, str]]) -> None:
+            refused.append([r.i for r, _ in records])  # type: ignore[attr-defined]
+
+        records = [trade("A", "2024-07-01T10:00:00Z", i) for i in range(5)]
+        bad: Any = [7]  # conditions are text: Arrow refuses this record's
+        records[2] = StockTrade(S="A", t="2024-07-01T10:00:00Z", i=2, x="V", p=1.0, s=1.0, c=bad)
+
+        async def main() -> None:
+            async with scratch_dataset(tmp_path, on_refused=on_refused) as dataset:
+                await dataset.writer("stocks", "trades").put_bulk(bulk_of(records))
+
+        anyio.run(main)
+        assert refused == [[2]]
+        (path,) = files(tmp_path)
+        assert pq.read_table(path)["trade_id"].to_pylist() == [0, 1, 3, 4]
