@@ -388,8 +388,12 @@ class TableWriter:
         table, refused = convert_or_refuse(self.spec, records)
         self._refused += refused
         if table is not None:
-            self._tables.append(table)
-            self._table_rows += table.num_rows
+            self._hold(table)
+
+    def _hold(self, table: pa.Table) -> None:
+        """Keep converted rows until the next seal."""
+        self._tables.append(table)
+        self._table_rows += table.num_rows
 
     async def put_table(self, table: pa.Table, oldest_recv_ns: int) -> None:
         """Buffer rows already converted (of this table's schema); waits like `put`.
@@ -403,8 +407,7 @@ class TableWriter:
             part = table.slice(done, max(room, 1))
             done += part.num_rows
             self._took(oldest_recv_ns)
-            self._tables.append(part)
-            self._table_rows += part.num_rows
+            self._hold(part)
             self._filled()
 
     async def put_bulk(self, rows: BulkRows) -> None:
@@ -438,8 +441,7 @@ class TableWriter:
             self._buffer.extend(rows.records)
             self._compact_buffer()
             return
-        self._tables.append(table)
-        self._table_rows += table.num_rows
+        self._hold(table)
 
     @property
     def takes_tables(self) -> bool:
