@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import sys
 from contextlib import AsyncExitStack
@@ -91,10 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--symbols", type=_positive_int, default=200)
     bench.add_argument("--per-frame", type=_positive_int, default=50, help="messages per frame")
     bench.add_argument("--stream", choices=("stocks", "options"), default="stocks")
-    bench.add_argument("--stage", choices=("decode", "pipeline", "storage", "e2e"))
+    bench.add_argument("--stage", choices=("decode", "pipeline", "storage", "e2e", "latency"))
     bench.add_argument(
         "--rate",
-        type=float,
+        type=_offered_rate,
         default=100_000.0,
         help="offered ticks/s of the latency run (0: skip)",
     )
@@ -117,6 +118,17 @@ def _positive_int(text: str) -> int:
         value = 0
     if value <= 0:
         msg = f"{text!r} is not a positive whole number"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _offered_rate(text: str) -> float:
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        value = math.nan
+    if not value >= 0 or math.isinf(value):
+        msg = f"{text!r} is not a rate in ticks/s (0 or more)"
         raise argparse.ArgumentTypeError(msg)
     return value
 
@@ -261,6 +273,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from ingest.bench import STAGES, BenchOptions, run_bench
 
+    if args.stage == "latency" and args.rate == 0:
+        msg = "--rate 0 leaves --stage latency nothing to run: give the offered ticks/s"
+        raise ConfigError(msg)
     settings = _settings(args)
     configure_logging("console", level=logging.WARNING)
     options = BenchOptions(

@@ -74,6 +74,42 @@ class TestCommand:
         assert "pipeline" in out
         assert "ticks/s" in out
 
+    def test_latency_stage_runs_the_paced_daemon_alone(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # --ticks is the flat-out workload's: the paced run is its own (3 s of --rate).
+        argv = ["bench", "--stage", "latency", "--rate", "2000", "--symbols", "8", "--json"]
+        assert main(argv) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["offered_ticks_per_s"] == 2000
+        assert report["ticks"] == 6000  # what ran, not the unused --ticks
+        assert 0 < report["p50_frame_latency_ms"] <= report["p99_frame_latency_ms"]
+        assert report["p99_frame_latency_ms"] <= report["max_frame_latency_ms"]
+        assert "e2e_ticks_per_s" not in report
+        assert "decode_msgs_per_s" not in report
+
+    def test_e2e_stage_is_flat_out_only(self, capsys: pytest.CaptureFixture[str]) -> None:
+        argv = ["bench", "--ticks", "3000", "--symbols", "5", "--stage", "e2e", "--json"]
+        assert main(argv) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["e2e_ticks_per_s"] > 0
+        assert "p99_frame_latency_ms" not in report
+
+    @pytest.mark.parametrize("rate", ["-5", "fast", "inf"])
+    def test_bad_rates_are_usage_errors(
+        self, rate: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["bench", "--rate", rate]) == 2
+        err = capsys.readouterr().err
+        assert "--rate" in err
+        assert "Traceback" not in err
+
+    def test_latency_stage_needs_a_rate(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["bench", "--stage", "latency", "--rate", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert "--rate 0" in err
+
     @pytest.mark.parametrize("flag", ["--ticks", "--symbols", "--per-frame"])
     def test_bad_numbers_are_usage_errors(
         self, flag: str, capsys: pytest.CaptureFixture[str]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ingest.bench.stages import bench_decode, bench_e2e, bench_pipeline, bench_storage
-from ingest.bench.workload import BenchStream, make_workload
+from ingest.bench.workload import BenchStream, Workload, make_workload
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 
 __all__ = ["STAGES", "BenchOptions", "Stage", "run_bench"]
 
-Stage = Literal["decode", "pipeline", "storage", "e2e"]
-STAGES: tuple[Stage, ...] = ("decode", "pipeline", "storage", "e2e")
+Stage = Literal["decode", "pipeline", "storage", "e2e", "latency"]
+STAGES: tuple[Stage, ...] = ("decode", "pipeline", "storage", "e2e", "latency")
+_FLAT_OUT: frozenset[Stage] = frozenset(("decode", "pipeline", "storage", "e2e"))
+"""The stages that run the `--ticks` workload (latency runs one of its own, paced)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,19 +42,16 @@ class BenchOptions:
     stream: BenchStream = "stocks"
     stages: tuple[Stage, ...] = STAGES
     rate: float = 100_000.0
-    """Offered load (ticks/s) of the paced latency run; 0 skips it."""
+    """Offered load (ticks/s) of the paced latency run (`latency`); 0 skips it."""
     latency_seconds: float = 3.0
 
 
 def run_bench(options: BenchOptions, settings: Settings, *, as_json: bool = False) -> str:
     """Run the chosen stages; return the report (table, or JSON with `as_json`)."""
     say = _progress(quiet=as_json)
-    say(f"generating {options.ticks:,} {options.stream} trades over {options.symbols:,} symbols")
-    workload = make_workload(
-        options.ticks, options.symbols, per_frame=options.per_frame, stream=options.stream
-    )
+    flat_out = bool(_FLAT_OUT.intersection(options.stages))
     result: dict[str, Any] = {
-        "ticks": options.ticks,
+        "ticks": options.ticks if flat_out else _paced_ticks(options),
         "symbols": options.symbols,
         "stream": options.stream,
         "per_frame": options.per_frame,
@@ -60,52 +59,83 @@ def run_bench(options: BenchOptions, settings: Settings, *, as_json: bool = Fals
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if "decode" in options.stages:
-        say("decode")
-        result["decode_msgs_per_s"] = bench_decode(workload)
-        other: BenchStream = "options" if options.stream == "stocks" else "stocks"
-        twin = make_workload(
-            options.ticks, options.symbols, per_frame=options.per_frame, stream=other
-        )
-        result[f"decode_{twin.encoding}_msgs_per_s"] = bench_decode(twin)
-        result[f"decode_{workload.encoding}_msgs_per_s"] = result["decode_msgs_per_s"]
-        del twin
-    if "pipeline" in options.stages:
-        say("pipeline")
-        rate, batch = bench_pipeline(workload, settings.pipeline)
-        result["pipeline_ticks_per_s"] = rate
-        result["pipeline_mean_batch"] = batch
+    run = _Run(options, settings, result, say)
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as scratch:
+        if flat_out:
+            run.flat_out(Path(scratch))
+        if "latency" in options.stages and options.rate > 0:
+            run.latency(Path(scratch, "paced"))
+    if as_json:
+        return json.dumps(result, indent=2)
+    return format_table(result)
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """One benchmark run: what to run, the report it fills, where its progress goes."""
+
+    options: BenchOptions
+    settings: Settings
+    result: dict[str, Any]
+    say: Callable[[str], None]
+
+    def flat_out(self, scratch: Path) -> None:
+        """The stages that run the `--ticks` workload flat out; it is freed on return."""
+        options, settings, result, say = self.options, self.settings, self.result, self.say
+        say(
+            f"generating {options.ticks:,} {options.stream} trades over {options.symbols:,} symbols"
+        )
+        workload = _workload(options, options.ticks)
+        if "decode" in options.stages:
+            say("decode")
+            result["decode_msgs_per_s"] = bench_decode(workload)
+            other: BenchStream = "options" if options.stream == "stocks" else "stocks"
+            twin = _workload(options, options.ticks, other)
+            result[f"decode_{twin.encoding}_msgs_per_s"] = bench_decode(twin)
+            result[f"decode_{workload.encoding}_msgs_per_s"] = result["decode_msgs_per_s"]
+            del twin
+        if "pipeline" in options.stages:
+            say("pipeline")
+            rate, batch = bench_pipeline(workload, settings.pipeline)
+            result["pipeline_ticks_per_s"] = rate
+            result["pipeline_mean_batch"] = batch
         if "storage" in options.stages:
             say("storage")
-            rate, size = bench_storage(workload, settings, Path(scratch, "storage"))
+            rate, size = bench_storage(workload, settings, scratch / "storage")
             result["storage_rows_per_s"] = rate
             result["parquet_bytes_per_trade"] = size
         if "e2e" in options.stages:
             say("end to end, flat out")
             baseline = _reset_peak_rss()
-            e2e = bench_e2e(workload, settings, Path(scratch, "e2e"))
+            e2e = bench_e2e(workload, settings, scratch / "e2e")
             result["e2e_ticks_per_s"] = e2e.ticks_per_s
             result["e2e_mean_batch"] = e2e.mean_batch
             result["parquet_bytes_per_trade"] = e2e.parquet_bytes_per_trade
             result["peak_rss_mb"] = _peak_rss_mb()
             result["rss_growth_mb"] = result["peak_rss_mb"] - baseline
-            del workload
-            if options.rate > 0:
-                ticks = int(options.rate * options.latency_seconds)
-                say(f"end to end, paced at {options.rate:,.0f} ticks/s for latency")
-                paced = make_workload(
-                    ticks, options.symbols, per_frame=options.per_frame, stream=options.stream
-                )
-                e2e = bench_e2e(paced, settings, Path(scratch, "paced"), rate=options.rate)
-                result["offered_ticks_per_s"] = options.rate
-                result["p50_frame_latency_ms"] = e2e.p50_ms
-                result["p99_frame_latency_ms"] = e2e.p99_ms
-                result["max_frame_latency_ms"] = e2e.max_ms
-                result["paced_mean_batch"] = e2e.mean_batch
-    if as_json:
-        return json.dumps(result, indent=2)
-    return format_table(result)
+
+    def latency(self, root: Path) -> None:
+        """The whole daemon paced at `--rate` for `latency_seconds`: the frame latency."""
+        options, settings, result, say = self.options, self.settings, self.result, self.say
+        ticks = _paced_ticks(options)
+        say(f"generating {ticks:,} trades; end to end, paced at {options.rate:,.0f} ticks/s")
+        paced = _workload(options, ticks)
+        e2e = bench_e2e(paced, settings, root, rate=options.rate)
+        result["offered_ticks_per_s"] = options.rate
+        result["p50_frame_latency_ms"] = e2e.p50_ms
+        result["p99_frame_latency_ms"] = e2e.p99_ms
+        result["max_frame_latency_ms"] = e2e.max_ms
+        result["paced_mean_batch"] = e2e.mean_batch
+
+
+def _paced_ticks(options: BenchOptions) -> int:
+    return int(options.rate * options.latency_seconds)
+
+
+def _workload(options: BenchOptions, ticks: int, stream: BenchStream | None = None) -> Workload:
+    return make_workload(
+        ticks, options.symbols, per_frame=options.per_frame, stream=stream or options.stream
+    )
 
 
 def format_table(result: dict[str, Any]) -> str:
