@@ -8,7 +8,9 @@ flushes of `--per-symbol` x `--symbols` trades of the benchmark workload, once e
 anomaly window is full, in CPU time of the thread (less noisy than wall time on a shared
 machine). Whatever the flush hands to a symbol task runs after the timing, untimed. Also timed:
 how far into each flush its steady step observes its batches' latency (what a steady batch's
-latency includes of the flush; the rest of the flush only delays the next one).
+latency includes of the flush; the rest of the flush only delays the next one), and what one
+reference call costs there (the flush's symbols dictionary-encoded by Arrow, as `ingest.batch`
+groups them), made twice in a row: cold, in the flush's caches, then warm at once.
 
     .venv/bin/python -m benchmarks.flush_cost [--per-symbol 5] [--symbols 200]
         [--ticks 200000]
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pyarrow as pa
 
 from benchmarks.stocks_router import stocks_router
 from ingest.batch import Arrivals
@@ -47,6 +50,8 @@ class FlushCost:
     trades: int
     observed: list[float]
     """Of the flushes whose steady step took batches: CPU seconds from its start to there."""
+    reference: list[tuple[float, float]]
+    """Of the same flushes: the reference call's seconds there, cold then warm."""
 
     def per_symbol_us(self) -> list[float]:
         """Each flush's cost divided by the symbols it touched, sorted."""
@@ -62,9 +67,21 @@ class _Stamped(Histogram):
     def __init__(self, like: Histogram) -> None:
         super().__init__(like.name, like.help, like.label_names, like.buckets)
         self.at: list[float] = []
+        self.symbols: list[str] = []
+        """The flush's symbols, for the reference call."""
+        self.reference: list[tuple[float, float]] = []
+        self.spent = 0.0
+        """CPU seconds of the reference calls, taken out of the flush's time."""
 
     def observe_many(self, *args: Any, **kwargs: Any) -> None:
         self.at.append(time.thread_time())
+        if len(self.at) == 1:
+            times = [time.thread_time()]
+            for _ in range(2):
+                pa.array(self.symbols, pa.string()).dictionary_encode()
+                times.append(time.thread_time())
+            self.reference.append((times[1] - times[0], times[2] - times[1]))
+            self.spent = times[2] - times[0]
         super().observe_many(*args, **kwargs)
 
 
@@ -73,6 +90,7 @@ async def _timed(root: Path, symbols: list[str], flushes: list[list[AnyMessage]]
     seconds: list[float] = []
     touched: list[int] = []
     observed: list[float] = []
+    reference: list[tuple[float, float]] = []
     async with stocks_router(root, symbols) as router:
         stamps = router._metrics.pipeline_latency = _Stamped(router._metrics.pipeline_latency)
         async with anyio.create_task_group() as group:
@@ -82,17 +100,21 @@ async def _timed(root: Path, symbols: list[str], flushes: list[list[AnyMessage]]
                 pending.records += messages
                 pending.symbols += [m.S for m in messages]  # type: ignore[union-attr]
                 stamps.at.clear()
+                stamps.reference.clear()
+                stamps.spent = 0.0
+                stamps.symbols = pending.symbols
                 started = time.thread_time()
                 await router._flush({"trades": pending})
-                elapsed = time.thread_time() - started
+                elapsed = time.thread_time() - started - stamps.spent
                 await anyio.wait_all_tasks_blocked()  # the symbol tasks catch up, untimed
                 if i >= warm:
                     seconds.append(elapsed)
                     touched.append(len(set(pending.symbols)))
                     if stamps.at:
                         observed.append(stamps.at[0] - started)
+                        reference += stamps.reference
             router.close()
-    return FlushCost(seconds, touched, len(flushes[0]), observed)
+    return FlushCost(seconds, touched, len(flushes[0]), observed, reference)
 
 
 def measure(per_symbol: float, symbols: int, ticks: int) -> FlushCost:
@@ -127,6 +149,8 @@ def main() -> None:
             f"  the steady step's latency observed {statistics.median(cost.observed) * 1e3:.2f} "
             f"ms into the flush (median of {len(cost.observed):,})"
         )
+        cold, warm = (statistics.median(t) * 1e6 for t in zip(*cost.reference, strict=True))
+        print(f"  a reference call there: {cold:.1f} us cold, {warm:.1f} us repeated at once")
 
 
 if __name__ == "__main__":

@@ -19,3 +19,6 @@ def test_times_each_flush_after_the_warm_up() -> None:
     # The steady step takes these small batches: its observation is inside each flush.
     assert len(cost.observed) == len(cost.seconds)
     assert all(0 < at <= whole for at, whole in zip(cost.observed, cost.seconds, strict=True))
+    # ...where the reference call is made twice, in every one of those flushes.
+    assert len(cost.reference) == len(cost.observed)
+    assert all(cold > 0 and warm > 0 for cold, warm in cost.reference)
