@@ -1,7 +1,7 @@
 """What a symbol task receives: one symbol's records of a flush, by table, trades as columns.
 
 The router keeps a flush's records as they arrived, one list per table with each record's symbol
-beside it (`Arrivals`), and groups them by symbol once per flush (`group_flush`), so the work
+beside it (`Arrivals`), and groups them by symbol once per flush (`Grouped`), so the work
 that is cheap in bulk and dear per call -- parsing the trades' RFC 3339 timestamps, gathering
 prices and sizes into arrays -- runs once over thousands of trades rather than once per symbol.
 Symbols' batches are then built from the groups only for the symbols that need one: the trades

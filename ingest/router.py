@@ -317,8 +317,8 @@ class StreamRouter:
         Offered (`bulk`: the flush's trades are to be written in bulk): a symbol's trades alone,
         while its task is idle (nothing of it in flight) and its pipeline the standard one. What
         is taken is run and accounted for here as its task would (`_account`, `_fed`), for all
-        the symbols at once, and needs no batch of its own; the rows it produced, its trades if
-        the bulk table fails, and its trades' memory (`_remember_steady`) are the caller's.
+        the symbols at once, and needs no batch of its own; the rows it produced and its trades'
+        memory (`_remember_steady`) are the caller's (the writer converts its trades in bulk).
         """
         runs = grouped.trade_runs()
         if runs is None or not bulk:
