@@ -59,6 +59,9 @@ class TestCommand:
         assert 0 < report["parquet_bytes_per_trade"] < 100
         assert report["p50_frame_latency_ms"] <= report["p99_frame_latency_ms"]
         assert report["p99_frame_latency_ms"] <= report["max_frame_latency_ms"]
+        assert report["e2e_decode_msgs_per_s"] > 0
+        for key in ("e2e_loop_busy", "paced_loop_busy"):
+            assert 0 < report[key] <= 1, key
 
     def test_one_stage_reports_only_itself(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["bench", "--ticks", "3000", "--stage", "decode", "--json"]) == 0
@@ -73,6 +76,20 @@ class TestCommand:
         out = capsys.readouterr().out
         assert "pipeline" in out
         assert "ticks/s" in out
+
+    def test_table_shows_the_loops_share_and_decode_inside_the_run(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["bench", "--ticks", "3000", "--symbols", "5", "--rate", "2000"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        e2e = next(line for line in lines if "end to end" in line)
+        paced = next(line for line in lines if "frame latency" in line)
+        inside = next(line for line in lines if "of which decode" in line)
+        assert "loop busy" in e2e
+        assert "loop busy" in paced
+        words = inside.split()
+        assert words[4] == "msgs/s"
+        assert int(words[3].replace(",", "")) > 0
 
     def test_latency_stage_runs_the_paced_daemon_alone(
         self, capsys: pytest.CaptureFixture[str]
@@ -185,16 +202,20 @@ class TestFlushBatching:
         workload = make_workload(20_000, 10)
         CountingPipeline.calls = {}
         metrics = Metrics()
+        source = BenchSource(workload, None)
         anyio.run(
             lambda: run_daemon(
                 _settings_for(settings, workload.symbols),
-                BenchSource(workload, None),
+                source,
                 metrics=metrics,
                 pipeline_factory=CountingPipeline,
             )
         )
         calls = CountingPipeline.calls
         assert sum(map(sum, calls.values())) == 20_000
+        assert source.decoded == 20_000  # every decode call timed
+        assert source.decode_ns > 0
+        assert 0 < source.loop_busy <= 1
         # 400 frames, each touching every symbol: per-frame delivery would be ~4000 calls.
         assert sum(map(len, calls.values())) < 400
         assert metrics.pipeline_latency.counts[("stocks",)]
@@ -204,16 +225,19 @@ class TestFlushBatching:
     def test_paced_frames_go_through_one_at_a_time(self, settings: Settings) -> None:
         workload = make_workload(1_000, 10, per_frame=50)
         CountingPipeline.calls = {}
+        source = BenchSource(workload, 5_000.0)  # a frame every 10 ms
         anyio.run(
             lambda: run_daemon(
                 _settings_for(settings, workload.symbols),
-                BenchSource(workload, 5_000.0),  # a frame every 10 ms
+                source,
                 pipeline_factory=CountingPipeline,
             )
         )
         calls = CountingPipeline.calls
         assert sum(map(sum, calls.values())) == 1_000
         assert sum(map(len, calls.values())) > 100  # no waiting to fill batches
+        # Between frames the loop waits: its sleep is not counted as busy.
+        assert 0 < source.loop_busy < 0.9
 
 
 def _trade(symbol: str, t: str, price: float, *, recv_ns: int = 0, i: int = 1) -> StockTrade:

@@ -110,6 +110,8 @@ class _Run:
             e2e = bench_e2e(workload, settings, scratch / "e2e")
             result["e2e_ticks_per_s"] = e2e.ticks_per_s
             result["e2e_mean_batch"] = e2e.mean_batch
+            result["e2e_loop_busy"] = e2e.loop_busy
+            result["e2e_decode_msgs_per_s"] = e2e.decode_msgs_per_s
             result["parquet_bytes_per_trade"] = e2e.parquet_bytes_per_trade
             result["peak_rss_mb"] = _peak_rss_mb()
             result["rss_growth_mb"] = result["peak_rss_mb"] - baseline
@@ -126,6 +128,7 @@ class _Run:
         result["p99_frame_latency_ms"] = e2e.p99_ms
         result["max_frame_latency_ms"] = e2e.max_ms
         result["paced_mean_batch"] = e2e.mean_batch
+        result["paced_loop_busy"] = e2e.loop_busy
 
 
 def _paced_ticks(options: BenchOptions) -> int:
@@ -164,14 +167,20 @@ def format_table(result: dict[str, Any]) -> str:
         row(
             "end to end",
             f"{result['e2e_ticks_per_s']:,.0f} ticks/s",
-            f"mean batch {result['e2e_mean_batch']:.1f}",
+            f"mean batch {result['e2e_mean_batch']:.1f}, loop busy {result['e2e_loop_busy']:.0%}",
+        )
+        row(
+            "  of which decode",
+            f"{result['e2e_decode_msgs_per_s']:,.0f} msgs/s",
+            "the same decode calls inside the run",
         )
     if "p99_frame_latency_ms" in result:
         row(
             "frame latency",
             f"p50 {result['p50_frame_latency_ms']:.2f} ms",
             f"p99 {result['p99_frame_latency_ms']:.2f} ms, max {result['max_frame_latency_ms']:.2f}"
-            f" ms at {result['offered_ticks_per_s']:,.0f} ticks/s offered",
+            f" ms at {result['offered_ticks_per_s']:,.0f} ticks/s offered, loop busy"
+            f" {result['paced_loop_busy']:.0%}",
         )
     if "parquet_bytes_per_trade" in result:
         row("parquet (zstd)", f"{result['parquet_bytes_per_trade']:.2f} bytes/trade")

@@ -119,16 +119,30 @@ class E2EResult:
     p99_ms: float
     max_ms: float
     parquet_bytes_per_trade: float
+    decode_msgs_per_s: float
+    """Messages decoded per second of the source's decode calls, inside the run."""
+    loop_busy: float
+    """The event loop thread's CPU time over the wall time while the frames went in (0-1)."""
 
 
 class BenchSource:
-    """Hands the workload's frames to the daemon, decoded as a connection would."""
+    """Hands the workload's frames to the daemon, decoded as a connection would.
+
+    It also times what only the run can show: its decode calls among everything else the loop
+    does, and how busy the loop's thread is while the frames go in (idle when paced with room).
+    """
 
     name = "bench"
 
     def __init__(self, workload: Workload, rate: float | None) -> None:
         self._workload = workload
         self._rate = rate
+        self.decoded = 0
+        """Messages decoded so far."""
+        self.decode_ns = 0
+        """Time spent in `FrameDecoder.decode`, in nanoseconds."""
+        self.loop_busy = float("nan")
+        """The loop thread's CPU share while the frames went in; set once they all have."""
 
     async def run(
         self, sinks: Mapping[StreamName, FrameSink], *, task_status: TaskStatus[None]
@@ -140,16 +154,21 @@ class BenchSource:
         task_status.started()
         frames = self._workload.frames
         interval = 0.0 if self._rate is None else len(self._workload.ts) / len(frames) / self._rate
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.thread_time()
         for n, raw in enumerate(frames):
             if interval:
                 delay = started + n * interval - time.monotonic()
                 if delay > 0:
                     await anyio.sleep(delay)
             recv_ns = time.time_ns()
+            before = time.perf_counter_ns()
             decoded = decode(raw, recv_ns)
+            self.decode_ns += time.perf_counter_ns() - before
+            self.decoded += len(decoded.messages)
             frame = Frame(stream, recv_ns, decoded.messages, decoded.rejects, raw, encoding)
             await sink(frame)
+        wall = time.monotonic() - started
+        self.loop_busy = min((time.thread_time() - cpu) / wall, 1.0) if wall > 0 else 1.0
 
 
 def bench_e2e(
@@ -178,4 +197,6 @@ def bench_e2e(
         p99_ms=latency.quantile(0.99, stream) * 1e3,
         max_ms=latency.maxima.get((stream,), float("nan")) * 1e3,
         parquet_bytes_per_trade=_bytes_per_row(root / stream / "trades", workload),
+        decode_msgs_per_s=source.decoded / max(source.decode_ns / 1e9, 1e-9),
+        loop_busy=source.loop_busy,
     )
