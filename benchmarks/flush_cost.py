@@ -12,8 +12,13 @@ latency includes of the flush; the rest of the flush only delays the next one), 
 reference call costs there (the flush's symbols dictionary-encoded by Arrow, as `ingest.batch`
 groups them), made twice in a row: cold, in the flush's caches, then warm at once.
 
+With `--gap-ms`, the loop sleeps that long before each flush, as it does between frames at a
+trickle; with `--busy` too, it busy-waits instead, so the core never idles. On this shared
+machine what a flush had in the caches is gone within milliseconds either way, and the same
+flush costs up to four times the CPU (docs/performance.md, A cold flush).
+
     .venv/bin/python -m benchmarks.flush_cost [--per-symbol 5] [--symbols 200]
-        [--ticks 200000]
+        [--ticks 200000] [--gap-ms 0 [--busy]]
 """
 
 from __future__ import annotations
@@ -85,7 +90,9 @@ class _Stamped(Histogram):
         super().observe_many(*args, **kwargs)
 
 
-async def _timed(root: Path, symbols: list[str], flushes: list[list[AnyMessage]]) -> FlushCost:
+async def _timed(
+    root: Path, symbols: list[str], flushes: list[list[AnyMessage]], gap: float, busy: bool
+) -> FlushCost:
     warm = WARM_TRADES * len(symbols) // len(flushes[0]) + 1
     seconds: list[float] = []
     touched: list[int] = []
@@ -103,6 +110,10 @@ async def _timed(root: Path, symbols: list[str], flushes: list[list[AnyMessage]]
                 stamps.reference.clear()
                 stamps.spent = 0.0
                 stamps.symbols = pending.symbols
+                if gap and busy:
+                    _busy_wait(gap)
+                elif gap:
+                    await anyio.sleep(gap)
                 started = time.thread_time()
                 await router._flush({"trades": pending})
                 elapsed = time.thread_time() - started - stamps.spent
@@ -117,15 +128,23 @@ async def _timed(root: Path, symbols: list[str], flushes: list[list[AnyMessage]]
     return FlushCost(seconds, touched, len(flushes[0]), observed, reference)
 
 
-def measure(per_symbol: float, symbols: int, ticks: int) -> FlushCost:
-    """One pass over the workload in flushes of `per_symbol` trades a symbol."""
+def _busy_wait(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def measure(
+    per_symbol: float, symbols: int, ticks: int, gap: float = 0.0, *, busy: bool = False
+) -> FlushCost:
+    """One pass over the workload in flushes of `per_symbol` trades a symbol, `gap` s apart."""
     workload = make_workload(ticks, symbols)
     decode = FrameDecoder("stocks", "json").decode
     messages = [m for frame in workload.frames for m in decode(frame, time.time_ns()).messages]
     step = max(1, round(per_symbol * symbols))
     flushes = [messages[i : i + step] for i in range(0, len(messages) - step + 1, step)]
     with tempfile.TemporaryDirectory() as scratch:
-        return anyio.run(_timed, Path(scratch), list(workload.symbols), flushes)
+        return anyio.run(_timed, Path(scratch), list(workload.symbols), flushes, gap, busy)
 
 
 def main() -> None:
@@ -133,9 +152,13 @@ def main() -> None:
     parser.add_argument("--per-symbol", type=float, default=5.0, help="trades a symbol a flush")
     parser.add_argument("--symbols", type=int, default=200)
     parser.add_argument("--ticks", type=int, default=200_000)
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="idle before each flush")
+    parser.add_argument("--busy", action="store_true", help="busy-wait the gap, not sleep")
     args = parser.parse_args()
+    if not 0 <= args.gap_ms < 10_000:
+        parser.error("--gap-ms must be between 0 and 10000")
     configure_logging(level=logging.WARNING)
-    cost = measure(args.per_symbol, args.symbols, args.ticks)
+    cost = measure(args.per_symbol, args.symbols, args.ticks, args.gap_ms / 1e3, busy=args.busy)
     per_symbol = cost.per_symbol_us()
     n = len(per_symbol)
     print(
