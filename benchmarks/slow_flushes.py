@@ -5,7 +5,8 @@ Runs the daemon (`bench_e2e`) over the bench workload paced at `--rate` ticks/s 
 CPU time of its stages: grouping (`Grouped.of`), the steady step (`take_steady`), its closing
 bars, its accounting, the trade keys and bulk Arrow conversion (`Grouped.finish`), the rows
 written (`_emit_many`, with the writers' conversion of buffered rows to Arrow), the hand-overs.
-A flush over `--over` ms is printed with its stages; a stage's time far above its usual share
+Each stage's mean CPU a flush is printed (at a trickle, what one frame's flush is made of);
+a flush over `--over` ms is printed with its stages; a stage's time far above its usual share
 names the stall. The fourteenth round found three this way (docs/performance.md, "Loop stalls
 and warm-up").
 
@@ -130,6 +131,12 @@ def record(rate: float, ticks: int, symbols: int, config: Path | None) -> list[F
     return [Flush(f.at - start, f.wall_ms, f.cpu_ms, f.messages, f.stages) for f in flushes]
 
 
+def stage_means(flushes: list[Flush]) -> dict[str, float]:
+    """Each stage's mean CPU ms a flush, over every flush (0 where a flush had none of it)."""
+    n = max(len(flushes), 1)
+    return {name: sum(f.stages.get(name, 0.0) for f in flushes) / n for name in STAGES}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=100_000.0)
@@ -146,6 +153,8 @@ def main() -> None:
         f"{statistics.median(walls):.2f} ms, p99 {walls[len(walls) * 99 // 100]:.2f}, "
         f"max {walls[-1]:.2f}"
     )
+    means = "  ".join(f"{name} {ms:.3f}" for name, ms in stage_means(flushes).items())
+    print(f"  CPU p50 {statistics.median(f.cpu_ms for f in flushes):.2f} ms; mean ms: {means}")
     for f in flushes:
         if f.wall_ms > args.over:
             stages = "  ".join(f"{name} {ms:.1f}" for name, ms in f.stages.items() if ms >= 0.1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.slow_flushes import STAGES, record
+from benchmarks.slow_flushes import STAGES, record, stage_means
 
 
 def test_every_flush_is_timed_and_the_router_is_left_as_it_was() -> None:
@@ -17,3 +17,7 @@ def test_every_flush_is_timed_and_the_router_is_left_as_it_was() -> None:
     assert any(f.stages.get("steady", 0) > 0 for f in flushes)
     assert all(f.stages.get("finish", 0) > 0 for f in flushes)
     assert {name: vars(owner)[attr] for name, (owner, attr) in STAGES.items()} == before
+    means = stage_means(flushes)
+    assert set(means) == set(STAGES)
+    group = sum(f.stages.get("group", 0.0) for f in flushes) / len(flushes)
+    assert means["group"] == group > 0
