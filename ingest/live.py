@@ -159,10 +159,8 @@ class LiveHub:
         for bar in bars:
             symbol = str(bar.get("symbol"))
             copy = dict(bar)
-            latest[(stream, symbol, str(bar.get("bar_type")), str(bar.get("bar_size")))] = (
-                stream,
-                copy,
-            )
+            key = (stream, symbol, str(bar.get("bar_type")), str(bar.get("bar_size")))
+            latest[key] = (stream, copy)
             if self._clients:
                 self._fan_out(stream, symbol, copy)
         self._metrics.live_bars.inc(stream, amount=len(bars))
