@@ -180,7 +180,8 @@ class Kernel:
         self._lib = ctypes.CDLL(str(library))
         self._lib.flush.restype = ctypes.c_int64
         pointer, integer = ctypes.c_void_p, ctypes.c_int64
-        argtypes: list[Any] = [integer, *[pointer] * 4, integer, *[pointer] * 14]
+        state = 2 + len(fields(Book))  # counts and order, then the book's arrays
+        argtypes: list[Any] = [integer, *[pointer] * 4, integer, *[pointer] * state]
         self._lib.flush.argtypes = [*argtypes, integer, ctypes.c_double, pointer]
         self._counts = np.zeros(symbols, np.int64)
         self.symbols = symbols
@@ -260,12 +261,12 @@ def measure(
     compiled: list[float] = []
     vectorised: list[float] = []
     for k, (frame, (args, _written)) in enumerate(zip(batch, prepared, strict=True)):
-        timed = k >= warm
-        _wait(gap if timed else 0.0, busy, scratch)
+        pause = gap if k >= warm else 0.0
+        _wait(pause, busy, scratch)
         started = time.thread_time_ns()
         kernel.call(args)
         compiled.append((time.thread_time_ns() - started) / 1_000)
-        _wait(gap if timed else 0.0, busy, scratch)
+        _wait(pause, busy, scratch)
         started = time.thread_time_ns()
         flush_numpy(np_book, frame)
         vectorised.append((time.thread_time_ns() - started) / 1_000)
